@@ -1,0 +1,36 @@
+"""OpenVINO IR builds: ``ov.convert_model`` from ONNX, int8 through NNCF post-training quantization."""
+
+from __future__ import annotations
+
+import logging
+
+from edgekit.converters.base import BuildContext, BuildResult, Converter, io_by_name, write_manifest
+
+
+class OpenVinoConverter(Converter):
+    name = "openvino"
+    precisions = ("fp32", "fp16", "int8")
+
+    def build(self, ctx: BuildContext) -> BuildResult:
+        import nncf
+        import openvino as ov
+
+        self.check_precision(ctx.precision)
+        model = ov.convert_model(str(ctx.onnx_fp32))
+        quant, notes = "", []
+        if ctx.precision == "int8":
+            nncf_log = logging.getLogger("nncf")
+            nncf_log.setLevel(logging.ERROR)
+            feeds = [ctx.calib.sample(i) for i in range(len(ctx.calib))]
+            model = nncf.quantize(model, nncf.Dataset(feeds), subset_size=len(feeds))
+            quant = f"static int8 (NNCF PTQ, {len(feeds)} calibration samples, fast bias correction)"
+            notes.append("on ARM CPUs OpenVINO executes int8 models in fp16; check runtime_precisions")
+        elif ctx.precision == "fp16":
+            quant = "fp16 weights (decompressed to fp32 at load on CPUs without fp16 arithmetic)"
+        xml = ctx.out_dir / f"model_{ctx.precision}.xml"
+        ov.save_model(model, str(xml), compress_to_fp16=ctx.precision == "fp16")
+        result = BuildResult(self.name, ctx.precision, {"model": xml.name, "weights": xml.with_suffix(".bin").name},
+                             notes=notes, quantization=quant)
+        # OpenVINO's CPU plugin defaults to bf16 on CPUs with AVX512-BF16: pin f32 so the check is honest.
+        write_manifest(ctx, result, io_by_name(ctx.inputs), io_by_name(ctx.outputs), inference_precision="f32")
+        return result

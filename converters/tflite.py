@@ -1,0 +1,128 @@
+"""LiteRT (TFLite) builds with onnx2tf: float32, float16, or full-integer int8 calibrated on real data.
+
+onnx2tf runs in a scratch folder fed with the calibration set (it would otherwise fetch sample images
+from the internet). Layouts become channels-last; ``build.json`` records the permutations and the
+mapping of every ONNX input/output to its TFLite tensor so runners feed and read the build correctly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+
+from edgekit.converters.base import (
+    BuildContext,
+    BuildResult,
+    Converter,
+    channels_last_perm,
+    inverse_perm,
+    write_manifest,
+)
+from edgekit.onnx_hub import has_float_inputs
+
+ONNX2TF_TIMEOUT_S = 1800
+SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+SUFFIX = {"fp32": "float32", "fp16": "float16", "int8": "full_integer_quant", "int8-dynamic": "dynamic_range_quant"}
+
+
+class TfliteConverter(Converter):
+    name = "tflite"
+    precisions = ("fp32", "fp16", "int8")
+
+    def build(self, ctx: BuildContext) -> BuildResult:
+        self.check_precision(ctx.precision)
+        work = ctx.work_dir / "onnx2tf"
+        work.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "onnx2tf", "-i", str(ctx.onnx_fp32), "-o", "out", "-n"]
+        variant, quant, notes = ctx.precision, "", []
+        perms = {s.name: channels_last_perm(s.shape) for s in ctx.inputs}
+        if ctx.precision == "int8" and has_float_inputs(ctx.inputs):
+            cmd += ["-oiqt", "-qt", "per-channel"]
+            for pos, spec in enumerate(ctx.inputs):
+                data = ctx.calib.inputs[spec.name]
+                perm = perms[spec.name]
+                data = data.transpose(perm) if perm else data
+                np.save(work / f"calib_{pos}.npy", data.astype(np.float32))
+                mean, std = (json.dumps(np.full((1,) * data.ndim, v).tolist()) for v in (0.0, 1.0))
+                cmd += ["-cind", spec.name, f"calib_{pos}.npy", mean, std]
+            # Present so that onnx2tf never reaches for its internet sample; holds our real calibration data.
+            np.save(work / SAMPLE_FILE, ctx.calib.inputs[ctx.inputs[0].name][:20].astype(np.float32))
+            quant = (f"full-integer int8 (int8 inputs/outputs), per-channel weights, "
+                     f"{len(ctx.calib)} calibration samples (onnx2tf/TFLiteConverter)")
+        elif ctx.precision == "int8":
+            cmd += ["-odrqt"]
+            variant = "int8-dynamic"
+            quant = "dynamic-range int8 weights (the model has non-float inputs, so full-integer calibration is not possible)"
+            notes.append("built as dynamic-range int8: onnx2tf calibrates only float inputs")
+        elif ctx.precision == "fp16":
+            quant = "fp16 weights, fp32 compute where the delegate lacks fp16"
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "-1", "PYTHONWARNINGS": "ignore"}
+        proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=ONNX2TF_TIMEOUT_S)
+        produced = sorted((work / "out").glob(f"*_{SUFFIX[variant]}.tflite")) if (work / "out").exists() else []
+        if proc.returncode != 0 or not produced:
+            raise RuntimeError(f"onnx2tf failed: {_onnx2tf_error(proc.stdout + proc.stderr)}")
+        dst = ctx.out_dir / f"model_{ctx.precision}.tflite"
+        produced[0].replace(dst)
+        inputs, outputs = self._map_io(ctx, dst, perms)
+        result = BuildResult(self.name, ctx.precision, {"model": dst.name}, notes=notes, quantization=quant)
+        write_manifest(ctx, result, inputs, outputs)
+        return result
+
+    @staticmethod
+    def _map_io(ctx: BuildContext, model_path, perms: dict) -> tuple[list[dict], list[dict]]:
+        """Match ONNX inputs/outputs to TFLite tensors (names, shapes, then values on a real sample)."""
+        import onnxruntime as ort
+        from ai_edge_litert.interpreter import Interpreter
+
+        interp = Interpreter(model_path=str(model_path))
+        interp.allocate_tensors()
+        details = interp.get_input_details()
+        inputs = []
+        for pos, spec in enumerate(ctx.inputs):
+            perm = perms[spec.name]
+            want = tuple(np.array(spec.shape)[perm]) if perm else spec.shape
+            idx = next((i for i, d in enumerate(details) if re.sub(r"^serving_default_|:0$", "", d["name"]) == spec.name),
+                       pos)
+            if tuple(details[idx]["shape"]) != want and tuple(details[idx]["shape"]) == spec.shape:
+                perm = None
+            inputs.append({"name": spec.name, "index": idx, "perm": perm})
+        from edgekit.runtime.runner_main import load_tflite
+
+        feed = ctx.calib.sample(0)
+        reference = ort.InferenceSession(str(ctx.onnx_fp32), providers=["CPUExecutionProvider"]).run(None, feed)
+        out_details = interp.get_output_details()
+        candidates = [{"index": i} for i in range(len(out_details))]
+        probe, _ = load_tflite(model_path.parent, {"artifacts": {"model": model_path.name}, "inputs": inputs,
+                                                   "outputs": candidates}, 1)
+        produced = probe(feed)
+        outputs, used = [], set()
+        for spec, ref in zip(ctx.outputs, reference, strict=True):
+            best = None
+            for i, y in enumerate(produced):
+                if i in used:
+                    continue
+                for perm in (None, inverse_perm(channels_last_perm(ref.shape))):
+                    if perm is not None and y.ndim != len(perm):
+                        continue
+                    z = y.transpose(perm) if perm else y
+                    if z.shape == ref.shape:
+                        err = float(np.abs(z.astype(np.float32) - ref).mean())
+                        if best is None or err < best[0]:
+                            best = (err, i, perm)
+            if best is None:
+                raise RuntimeError(f"no TFLite output matches ONNX output '{spec.name}' of shape {ref.shape}")
+            used.add(best[1])
+            outputs.append({"name": spec.name, "index": best[1], "perm": best[2]})
+        return inputs, outputs
+
+
+def _onnx2tf_error(log: str) -> str:
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in log.splitlines()]
+    errors = [ln for ln in lines if re.search(r"error|exception|not supported|unsupported", ln, re.I) and ln]
+    text = errors[-1] if errors else (lines[-1] if lines else "no output")
+    return text[:300]

@@ -1,0 +1,80 @@
+"""Apache TVM builds: Relax ONNX frontend → ``tvm.compile`` for the target triple → shared library.
+
+int8 builds compile the QDQ graph; if TVM cannot lower it, the build falls back to fp32 and says why.
+A build for a foreign architecture is cross-linked, and a host library of the same graph is added so
+that the graph can be checked on this machine too.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+
+import onnx
+
+from edgekit.converters.base import BuildContext, BuildResult, Converter, SkipBuild, io_by_name, write_manifest
+from edgekit.errors import one_line
+
+
+def host_target() -> dict:
+    import tvm
+
+    return {"kind": "llvm", "mtriple": f"{platform.machine()}-linux-gnu",
+            "mcpu": tvm.target.codegen.llvm_get_system_cpu()}
+
+
+def compile_library(onnx_path, shapes: dict, target: dict, path, cc: str | None) -> None:
+    """Import ``onnx_path`` with the Relax frontend, compile for ``target`` and export a shared library."""
+    import tvm
+    from tvm.relax.frontend.onnx import from_onnx
+
+    mod = from_onnx(onnx.load(str(onnx_path)), shape_dict=shapes)
+    executable = tvm.compile(mod, target=tvm.target.Target(target))
+    executable.export_library(str(path), **({"cc": cc} if cc else {}))
+
+
+class TvmConverter(Converter):
+    name = "tvm"
+    precisions = ("fp32", "int8")
+
+    def build(self, ctx: BuildContext) -> BuildResult:
+        if ctx.precision == "fp16":
+            raise SkipBuild("tvm: fp16 builds are not offered (TVM's CPU codegen has no fp16 speed-up on this target)")
+        self.check_precision(ctx.precision)
+        on_host = ctx.target.arch == platform.machine()
+        cc = None
+        if not on_host:
+            cc = shutil.which(ctx.target.cross_compiler or "")
+            if cc is None:
+                raise RuntimeError(f"cross compiler '{ctx.target.cross_compiler}' not found; install it "
+                                   f"(Debian: apt-get install g++-{ctx.target.triple.rsplit('-', 1)[0]})")
+        shapes = {s.name: list(s.shape) for s in ctx.inputs}
+        target = host_target() if on_host and not ctx.target.cpu else ctx.target.tvm_target()
+        source, precision, quant, notes = ctx.onnx_fp32, "fp32", "", []
+        if ctx.precision == "int8":
+            source, precision = ctx.onnx_qdq, "int8"
+            quant = "int8 QDQ graph (ORT calibration); TVM computes quantize/dequantize around float kernels"
+        libs = {ctx.target.arch: f"model_{precision}.{ctx.target.triple}.so"}
+        if not on_host:
+            libs[platform.machine()] = f"model_{precision}.{platform.machine()}-linux-gnu.so"
+        try:
+            self._compile_all(source, shapes, ctx, target, cc, libs)
+        except Exception as exc:
+            if source == ctx.onnx_fp32:
+                raise
+            notes.append(f"TVM could not lower the QDQ graph ({one_line(exc, 160)}); built from fp32 instead")
+            precision, quant, source = "fp32", "", ctx.onnx_fp32
+            libs = {k: v.replace("int8", "fp32") for k, v in libs.items()}
+            self._compile_all(source, shapes, ctx, target, cc, libs)
+        if not on_host:
+            notes.append(f"{ctx.target.arch} library cross-linked with {ctx.target.cross_compiler}; "
+                         f"the host library ({platform.machine()}) is the same graph compiled for this machine")
+        result = BuildResult(self.name, precision, libs, notes=notes, quantization=quant)
+        write_manifest(ctx, result, io_by_name(ctx.inputs), io_by_name(ctx.outputs), tvm_target=target)
+        return result
+
+    @staticmethod
+    def _compile_all(source, shapes, ctx: BuildContext, target: dict, cc, libs: dict[str, str]) -> None:
+        compile_library(source, shapes, target, ctx.out_dir / libs[ctx.target.arch], cc)
+        if platform.machine() != ctx.target.arch:
+            compile_library(source, shapes, host_target(), ctx.out_dir / libs[platform.machine()], None)

@@ -1,0 +1,59 @@
+"""Run one converter in its own process, so that a crash or hang in a backend sinks only its build.
+
+    python -m edgekit.build_worker JOB.json   → writes JOB.result.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+from edgekit.converters import BuildContext, SkipBuild, get_converter
+from edgekit.data import Dataset, TensorSpec
+from edgekit.errors import one_line
+from edgekit.target import load_target
+
+
+def job_to_json(backend: str, ctx: BuildContext, calib_npz: Path, target_ref: str) -> dict:
+    return {
+        "backend": backend, "onnx_fp32": str(ctx.onnx_fp32), "onnx_qdq": str(ctx.onnx_qdq) if ctx.onnx_qdq else None,
+        "precision": ctx.precision, "target": target_ref, "calib": str(calib_npz),
+        "inputs": [s.to_json() for s in ctx.inputs], "outputs": [s.to_json() for s in ctx.outputs],
+        "out_dir": str(ctx.out_dir), "work_dir": str(ctx.work_dir),
+    }
+
+
+def _context(job: dict) -> BuildContext:
+    import numpy as np
+
+    specs = [TensorSpec(s["name"], tuple(s["shape"]), s["dtype"]) for s in job["inputs"]]
+    with np.load(job["calib"], allow_pickle=False) as npz:
+        calib = Dataset({s.name: npz[s.name] for s in specs}, None, job["calib"])
+    return BuildContext(
+        onnx_fp32=Path(job["onnx_fp32"]), onnx_qdq=Path(job["onnx_qdq"]) if job["onnx_qdq"] else None,
+        precision=job["precision"], target=load_target(job["target"]), calib=calib, inputs=specs,
+        outputs=[TensorSpec(s["name"], tuple(s["shape"]), s["dtype"]) for s in job["outputs"]],
+        out_dir=Path(job["out_dir"]), work_dir=Path(job["work_dir"]),
+    )
+
+
+def main(job_path: str) -> int:
+    path = Path(job_path)
+    job = json.loads(path.read_text())
+    try:
+        ctx = _context(job)
+        ctx.out_dir.mkdir(parents=True, exist_ok=True)
+        ctx.work_dir.mkdir(parents=True, exist_ok=True)
+        result = {"status": "ok", "build": get_converter(job["backend"]).build(ctx).to_json()}
+    except SkipBuild as exc:
+        result = {"status": "skipped", "reason": str(exc)}
+    except Exception as exc:
+        result = {"status": "failed", "reason": one_line(exc), "traceback": traceback.format_exc()[-4000:]}
+    path.with_suffix(".result.json").write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

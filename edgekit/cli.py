@@ -1,0 +1,127 @@
+"""The ``edgekit`` command line: a thin layer over :mod:`edgekit.pipeline`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from edgekit.data import ImagePreprocess
+from edgekit.errors import EdgekitError
+from edgekit.pipeline import Budgets, ConvertOptions, convert
+from edgekit.report import exit_code, print_table
+from edgekit.target import list_targets
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Convert a trained model into checked edge builds (TFLite, OpenVINO, TVM, ONNX Runtime).")
+err = Console(stderr=True)
+
+
+def parse_input_shapes(values: list[str]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``[NAME:]1x3x224x224[:dtype]`` → {name: (shape, dtype)}; a bare shape has the name ''."""
+    shapes = {}
+    for value in values:
+        m = re.fullmatch(r"(?:([^:]+):)?(\d+(?:x\d+)*)(?::(\w+))?", value)
+        if not m:
+            raise EdgekitError(f"--input-shape '{value}' is not NAME:1x3x224x224[:dtype]",
+                               "write e.g. --input-shape input:1x3x224x224 or ids:1x128:int64")
+        shapes[m.group(1) or ""] = (tuple(int(d) for d in m.group(2).split("x")), m.group(3) or "float32")
+    return shapes
+
+
+def _csv(value: str | None) -> tuple[str, ...] | None:
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
+
+
+def _floats(value: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in value.split(","))
+
+
+def _execute(opts: ConvertOptions) -> None:
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    try:
+        with err.status("starting") as status:
+            report = convert(opts, log=lambda msg: (status.update(msg), err.log(msg)))
+    except EdgekitError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from exc
+    print_table(report)
+    err.print(f"report: {Path(opts.out) / 'report.md'}")
+    raise typer.Exit(exit_code(report))
+
+
+@app.command("convert")
+def convert_cmd(
+    model: Annotated[str, typer.Argument(help="model.onnx, TorchScript .pt, torch.export .pt2, or module:callable")],
+    target: Annotated[str, typer.Option(help="target name (see `edgekit targets`) or .toml path")] = "arm64",
+    calib: Annotated[Path | None, typer.Option(help=".npz/.npy or a folder of images (real data)")] = None,
+    eval_data: Annotated[Path | None, typer.Option("--eval", help="held-out .npz, with 'labels' for task accuracy")] = None,
+    out: Annotated[Path, typer.Option(help="output folder (replaced atomically)")] = Path("build"),
+    weights: Annotated[Path | None, typer.Option(help="state dict for module:callable (weights_only)")] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32|fp16|int8, comma-separated; default from target")] = None,
+    backends: Annotated[str | None, typer.Option(help="tflite,onnxruntime,openvino,tvm; default from target")] = None,
+    device: Annotated[str | None, typer.Option(help="where builds run: host")] = None,
+    input_shape: Annotated[list[str] | None, typer.Option(help="[NAME:]1x3x224x224[:dtype], repeatable")] = None,
+    mean: Annotated[str, typer.Option(help="image folders: per-channel pixel mean")] = "0",
+    std: Annotated[str, typer.Option(help="image folders: per-channel pixel std")] = "255",
+    ten_crop: Annotated[bool, typer.Option(help="image folders: ten crops per image")] = False,
+    calib_size: Annotated[int, typer.Option(help="calibration samples")] = 100,
+    eval_size: Annotated[int, typer.Option(help="held-out samples")] = 100,
+    runs: Annotated[int, typer.Option(help="timed runs per build (after warm-up)")] = 50,
+    warmup: Annotated[int, typer.Option(help="warm-up runs")] = 10,
+    threads: Annotated[int, typer.Option(help="threads per runtime")] = os.cpu_count() or 1,
+    min_top1_agreement: Annotated[float | None, typer.Option(help="budget: fraction 0–1")] = None,
+    min_cosine: Annotated[float | None, typer.Option(help="budget: output cosine")] = None,
+    max_accuracy_drop: Annotated[float | None, typer.Option(help="budget: task-accuracy points")] = None,
+    max_latency_ms: Annotated[float | None, typer.Option(help="budget: p50 ms on the device")] = None,
+) -> None:
+    """Convert MODEL for TARGET, run every build, check it against the original and write a report."""
+    m, s = _floats(mean), _floats(std)
+    try:
+        shapes = parse_input_shapes(input_shape or [])
+    except EdgekitError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from exc
+    _execute(ConvertOptions(
+        model=model, target=target, out=out, calib=calib, eval=eval_data, weights=weights,
+        precisions=_csv(precision), backends=_csv(backends), device=device, input_shapes=shapes or None,
+        image=ImagePreprocess(m * 3 if len(m) == 1 else m, s * 3 if len(s) == 1 else s, ten_crop),
+        calib_size=calib_size, eval_size=eval_size, runs=runs, warmup=warmup, threads=threads,
+        budgets=Budgets(min_top1_agreement, min_cosine, max_accuracy_drop, max_latency_ms),
+    ))
+
+
+@app.command()
+def demo(
+    target: Annotated[str, typer.Option(help="target name")] = "arm64",
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("build/demo"),
+    precision: Annotated[str | None, typer.Option(help="fp32|fp16|int8, comma-separated")] = None,
+    runs: Annotated[int, typer.Option(help="timed runs per build")] = 50,
+) -> None:
+    """Run the whole pipeline on the bundled EfficientNet-Lite0 (ImageNet weights) and bundled real photos."""
+    photos = Path(str(resources.files("edgekit.calib_data") / "photos"))
+    _execute(ConvertOptions(
+        model="edgekit.models.efficientnet_lite:efficientnet_lite0", target=target, out=out, calib=photos,
+        precisions=_csv(precision), input_shapes={"": ((1, 3, 224, 224), "float32")},
+        image=ImagePreprocess((127.0,) * 3, (128.0,) * 3, ten_crop=True), calib_size=64, eval_size=66, runs=runs,
+    ))
+
+
+@app.command()
+def targets() -> None:
+    """List the targets edgekit ships."""
+    from rich.table import Table
+
+    table = Table(title="edgekit targets")
+    for col in ("name", "triple", "cpu", "backends", "default precision", "runner", "description"):
+        table.add_column(col)
+    for t in list_targets():
+        table.add_row(t.name, t.triple, t.cpu or "native", ", ".join(t.backends), t.default_precision, t.runner,
+                      t.description)
+    Console().print(table)

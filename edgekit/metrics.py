@@ -1,0 +1,51 @@
+"""Accuracy of a build against the original, and latency statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def latency_stats(times_ms: list[float]) -> dict[str, float]:
+    a = np.asarray(times_ms, dtype=np.float64)
+    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+            "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "min": float(a.min()), "n": len(a)}
+
+
+def _cosine_per_sample(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a.reshape(len(a), -1).astype(np.float64)
+    b = b.reshape(len(b), -1).astype(np.float64)
+    num = (a * b).sum(1)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    both_zero = den == 0
+    return np.where(both_zero, 1.0, num / np.where(both_zero, 1.0, den))
+
+
+def is_classifier(output: np.ndarray) -> bool:
+    """A (N, C) output with C > 1 is treated as class scores."""
+    return output.ndim == 2 and output.shape[1] > 1
+
+
+def compare(reference: list[np.ndarray], produced: list[np.ndarray], labels: np.ndarray | None = None) -> dict:
+    """max-abs error, cosine (mean and worst sample), top-1 agreement and task accuracy of output 0."""
+    if len(reference) != len(produced):
+        raise ValueError(f"build returned {len(produced)} outputs, the original {len(reference)}")
+    per_output = []
+    for ref, out in zip(reference, produced, strict=True):
+        if ref.shape != out.shape:
+            raise ValueError(f"output shape {out.shape} differs from the original's {ref.shape}")
+        cos = _cosine_per_sample(ref, out)
+        per_output.append({"max_abs": float(np.abs(ref.astype(np.float64) - out).max()),
+                           "cosine": float(cos.mean()), "cosine_min": float(cos.min())})
+    result = dict(per_output[0])
+    result["max_abs"] = max(o["max_abs"] for o in per_output)
+    result["cosine"] = min(o["cosine"] for o in per_output)
+    result["cosine_min"] = min(o["cosine_min"] for o in per_output)
+    if len(per_output) > 1:
+        result["per_output"] = per_output
+    if is_classifier(reference[0]):
+        result["top1_agreement"] = float((reference[0].argmax(1) == produced[0].argmax(1)).mean())
+        if labels is not None:
+            result["task_metric"] = {"name": "top1_accuracy",
+                                     "original": float((reference[0].argmax(1) == labels).mean()),
+                                     "build": float((produced[0].argmax(1) == labels).mean())}
+    return result

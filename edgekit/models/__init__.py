@@ -1,0 +1,1 @@
+"""Model definitions bundled with edgekit (architectures only; weights come from installed packages)."""

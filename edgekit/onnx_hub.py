@@ -1,0 +1,125 @@
+"""ONNX as the hub: export from PyTorch, simplify, check against the original, quantize to QDQ."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.data import Dataset, TensorSpec
+from edgekit.errors import EdgekitError
+from edgekit.source import SourceModel
+
+OPSET = 18
+
+
+def export_onnx(source: SourceModel, specs: list[TensorSpec], out: Path) -> Path:
+    """Write ``source`` as an ONNX file at ``out`` (static batch of one), simplified with onnxslim."""
+    import onnx
+    import onnxslim
+
+    if source.framework == "onnx":
+        model = onnx.load(str(source.onnx_path))
+        if any(-1 in s.shape for s in source.input_specs or []):
+            from onnx.tools import update_model_dims
+
+            model = update_model_dims.update_inputs_outputs_dims(
+                model, {s.name: list(s.shape) for s in specs}, {})
+    else:
+        model = _torch_to_onnx(source, specs)
+    try:
+        slim = onnxslim.slim(model)
+        model = slim if slim is not None else model
+    except Exception as exc:  # onnxslim is an optimisation: keep the unsimplified graph
+        logging.getLogger("edgekit").warning("onnxslim failed (%s); keeping the exported graph", exc)
+    onnx.save(model, str(out))
+    return out
+
+
+def _torch_to_onnx(source: SourceModel, specs: list[TensorSpec]):
+    import onnx
+    import torch
+
+    args = tuple(torch.from_numpy(np.zeros(s.shape, dtype=s.dtype)) for s in specs)
+    module = source.module.module() if source.framework == "torch.export" else source.module
+    names = [s.name for s in specs]
+    errors = []
+    for dynamo in (True, False):
+        buf = io.BytesIO()
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                prog = torch.onnx.export(module, args, None if dynamo else buf, input_names=names,
+                                         opset_version=OPSET, dynamo=dynamo,
+                                         external_data=False, verbose=False)
+            if dynamo:
+                return _rename_outputs(prog.model_proto)
+            return _rename_outputs(onnx.load_from_string(buf.getvalue()))
+        except Exception as exc:
+            errors.append(str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__)
+    raise EdgekitError(f"the model fails to export to ONNX ({errors[0]})",
+                       "make forward() traceable by torch.export (no data-dependent Python control flow)")
+
+
+def _rename_outputs(model):
+    """Name outputs ``output`` / ``output_i`` so reports and converters see stable names."""
+    outs = model.graph.output
+    new = ["output"] if len(outs) == 1 else [f"output_{i}" for i in range(len(outs))]
+    for value, name in zip(outs, new, strict=True):
+        old = value.name
+        for node in model.graph.node:
+            node.output[:] = [name if o == old else o for o in node.output]
+            node.input[:] = [name if i == old else i for i in node.input]
+        value.name = name
+    return model
+
+
+def onnx_output_specs(path: Path) -> list[TensorSpec]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    specs = []
+    for v in model.graph.output:
+        t = v.type.tensor_type
+        specs.append(TensorSpec(v.name, tuple(d.dim_value for d in t.shape.dim),
+                                onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name))
+    return specs
+
+
+def quantize_qdq(fp32: Path, out: Path, calib: Dataset, workdir: Path) -> Path:
+    """Static int8 PTQ with ONNX Runtime: QDQ format, per-channel symmetric weights, MinMax calibration."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.i = 0
+
+        def get_next(self):
+            if self.i >= len(calib):
+                return None
+            self.i += 1
+            return calib.sample(self.i - 1)
+
+    pre = workdir / "model.preprocessed.onnx"
+    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax,
+                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    pre.unlink()
+    return out
+
+
+def has_float_inputs(specs: list[TensorSpec]) -> bool:
+    return all(np.dtype(s.dtype).kind == "f" for s in specs)

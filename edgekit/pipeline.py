@@ -1,0 +1,370 @@
+"""The convert pipeline: load → ONNX (checked) → quantize → build per backend → run on the device → report.
+
+Everything is written to a private staging folder beside the output folder and moved into place at
+the end, so a run that stops on bad input leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgekit import onnx_hub
+from edgekit.build_worker import job_to_json
+from edgekit.converters import BACKENDS, BuildContext
+from edgekit.data import Dataset, ImagePreprocess, TensorSpec, load_dataset, specs_from_dataset
+from edgekit.errors import EdgekitError, one_line
+from edgekit.metrics import compare, latency_stats
+from edgekit.runners import Runner, RunnerError, get_runner
+from edgekit.source import SourceModel, load_model
+from edgekit.target import PRECISIONS, Target, load_target
+
+ONNX_COSINE_FLOOR = 0.9999
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Gates for CI: a build that misses one makes the run exit non-zero."""
+
+    min_top1_agreement: float | None = None
+    min_cosine: float | None = None
+    max_accuracy_drop: float | None = None  # points of the task metric, when labels are given
+    max_latency_ms: float | None = None  # p50 on the device that ran the build
+
+
+@dataclass
+class ConvertOptions:
+    """Everything ``edgekit convert`` takes; the CLI is a thin layer over this."""
+
+    model: str
+    target: str = "arm64"
+    out: Path = Path("build")
+    calib: Path | None = None
+    eval: Path | None = None
+    weights: Path | None = None
+    precisions: tuple[str, ...] | None = None
+    backends: tuple[str, ...] | None = None
+    device: str | None = None
+    input_shapes: dict[str, tuple[tuple[int, ...], str]] | None = None
+    image: ImagePreprocess = field(default_factory=ImagePreprocess)
+    calib_size: int = 100
+    eval_size: int = 100
+    warmup: int = 10
+    runs: int = 50
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    budgets: Budgets = field(default_factory=Budgets)
+    timeout_s: float = 1800.0
+
+
+Log = Callable[[str], None]
+
+
+def convert(opts: ConvertOptions, log: Log = lambda msg: None) -> dict:
+    """Run the whole pipeline and return the report (also written to ``opts.out``)."""
+    target = load_target(opts.target)
+    precisions = opts.precisions or (target.default_precision,)
+    for p in precisions:
+        if p not in PRECISIONS:
+            raise EdgekitError(f"unknown precision '{p}'", f"use one or more of {', '.join(PRECISIONS)}")
+    backends = opts.backends or target.backends
+    for b in backends:
+        if b not in BACKENDS:
+            raise EdgekitError(f"unknown backend '{b}'", f"use one or more of {', '.join(BACKENDS)}")
+    runner = get_runner(opts.device or target.runner)
+    if opts.runs < 1 or opts.warmup < 0:
+        raise EdgekitError("--runs must be ≥ 1 and --warmup ≥ 0", "pass sensible repetition counts")
+
+    log(f"loading {opts.model}")
+    source = load_model(opts.model, opts.weights)
+    calib, evalset, specs = _data(opts, source)
+    out = Path(opts.out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.edgekit-", dir=out.parent))
+    try:
+        report = _run(opts, target, precisions, backends, runner, source, calib, evalset, specs, scratch, log)
+        _publish(scratch / "out", out)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return report
+
+
+def _publish(staged: Path, out: Path) -> None:
+    """Replace ``out`` with the staged folder in two renames."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+    staged.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _resolve_specs(opts: ConvertOptions, source: SourceModel) -> list[TensorSpec] | None:
+    names = source.input_names or []
+    if opts.input_shapes:
+        unknown = [n for n in opts.input_shapes if n and names and n not in names]
+        if unknown:
+            raise EdgekitError(f"--input-shape names {unknown} are not model inputs {names}",
+                               "use the model's input names")
+        if "" in opts.input_shapes:  # a bare shape applies to the only input
+            if len(names) > 1:
+                raise EdgekitError("a bare --input-shape needs a single-input model",
+                                   "write NAME:SHAPE for every input")
+            shape, dtype = opts.input_shapes[""]
+            return [TensorSpec(names[0] if names else "input", shape, dtype)]
+        return [TensorSpec(n, *opts.input_shapes[n]) for n in (names or opts.input_shapes)]
+    if source.input_specs and all(-1 not in s.shape for s in source.input_specs):
+        return source.input_specs
+    return None
+
+
+def _data(opts: ConvertOptions, source: SourceModel) -> tuple[Dataset, Dataset, list[TensorSpec]]:
+    if opts.calib is None:
+        raise EdgekitError("no calibration data given", "pass --calib with a .npz/.npy file or a folder of real images")
+    specs = _resolve_specs(opts, source)
+    data = load_dataset(opts.calib, specs, opts.image)
+    if specs is None:
+        specs = specs_from_dataset(data)
+        names = source.input_names or []
+        if len(specs) == 1 and len(names) == 1:
+            specs = [TensorSpec(names[0], specs[0].shape, specs[0].dtype)]
+            data = Dataset({names[0]: next(iter(data.inputs.values()))}, data.labels, data.source)
+        elif names and sorted(s.name for s in specs) != sorted(names):
+            raise EdgekitError(f"calibration arrays {sorted(data.inputs)} do not match the model inputs {names}",
+                               "name the arrays after the model inputs")
+        elif source.input_specs:
+            for s, m in zip(sorted(specs, key=lambda s: s.name), sorted(source.input_specs, key=lambda s: s.name),
+                            strict=True):
+                if len(s.shape) != len(m.shape) or any(a != b and b != -1 for a, b in zip(s.shape, m.shape,
+                                                                                          strict=True)):
+                    raise EdgekitError(f"input '{s.name}': the data has shape {s.shape}, the model {m.shape}",
+                                       "give data with the model's input shape")
+    if opts.eval is not None:
+        evalset = load_dataset(opts.eval, specs, opts.image)
+        calib = data.take(0, min(opts.calib_size, len(data)))
+        evalset = evalset.take(0, min(opts.eval_size, len(evalset)))
+    else:
+        if len(data) < 2:
+            raise EdgekitError(f"calibration data '{opts.calib}' has {len(data)} sample(s)",
+                               "give at least 2 samples (calibration and held-out), or pass --eval")
+        n_calib = min(opts.calib_size, len(data) // 2)
+        calib = data.take(0, n_calib)
+        evalset = data.take(n_calib, n_calib + opts.eval_size)
+    return calib, evalset, specs
+
+
+def _measure_original(source: SourceModel, evalset: Dataset, opts: ConvertOptions) -> tuple[list[np.ndarray], dict]:
+    if source.is_torch:
+        import torch
+
+        torch.set_num_threads(opts.threads)
+    run = source.callable()
+    feeds = [evalset.sample(i) for i in range(len(evalset))]
+    try:
+        t0 = time.perf_counter()
+        outs = [run(f) for f in feeds]
+        first_ms = (time.perf_counter() - t0) * 1e3 / len(feeds)
+        for i in range(opts.warmup):
+            run(feeds[i % len(feeds)])
+        times = []
+        for i in range(opts.runs):
+            t0 = time.perf_counter_ns()
+            run(feeds[i % len(feeds)])
+            times.append((time.perf_counter_ns() - t0) / 1e6)
+    except Exception as exc:
+        raise EdgekitError(f"the original model fails on the given inputs ({one_line(exc, 200)})",
+                           "check --input-shape and the data's shape and dtype") from exc
+    reference = [np.concatenate([o[j] for o in outs]) for j in range(len(outs[0]))]
+    info = {"framework": source.framework, "location": source.location, "size_bytes": source.size_bytes,
+            "latency_ms": latency_stats(times), "mean_inference_ms_first_pass": first_ms,
+            "device": "host", "threads": opts.threads}
+    return reference, info
+
+
+def _run(opts, target: Target, precisions, backends, runner: Runner, source: SourceModel, calib: Dataset,
+         evalset: Dataset, specs: list[TensorSpec], scratch: Path, log: Log) -> dict:
+    staged = scratch / "out"
+    (staged / "onnx").mkdir(parents=True)
+    log("measuring the original model")
+    reference, original = _measure_original(source, evalset, opts)
+
+    log("exporting to ONNX and checking it against the original")
+    onnx_fp32 = onnx_hub.export_onnx(source, specs, staged / "onnx" / "model.onnx")
+    out_specs = onnx_hub.onnx_output_specs(onnx_fp32)
+    onnx_check = _check_onnx(onnx_fp32, evalset, reference)
+
+    onnx_qdq, qdq_error = None, None
+    if "int8" in precisions and {"onnxruntime", "tvm"} & set(backends):
+        log("quantizing to int8 (QDQ) with the calibration set")
+        try:
+            onnx_qdq = onnx_hub.quantize_qdq(onnx_fp32, staged / "onnx" / "model_int8_qdq.onnx", calib, scratch)
+        except Exception as exc:
+            qdq_error = f"ONNX Runtime static quantization failed: {one_line(exc)}"
+
+    calib_npz, eval_npz = scratch / "calib.npz", scratch / "eval_inputs.npz"
+    np.savez(calib_npz, **calib.inputs)
+    np.savez(eval_npz, **evalset.inputs)
+    target_ref = opts.target
+    builds = []
+    for precision in precisions:
+        for backend in backends:
+            log(f"building {backend} {precision}")
+            row = _build_and_check(backend, precision, target, target_ref, runner, onnx_fp32, onnx_qdq, qdq_error,
+                                   calib, evalset, specs, out_specs, reference, calib_npz, eval_npz, scratch,
+                                   staged, opts, original)
+            builds.append(row)
+            log(f"{backend} {precision}: {row['status']}" + (f" ({row['reason']})" if row.get("reason") else ""))
+    report = {
+        "edgekit_version": _version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "target": {"name": target.name, "triple": target.triple, "cpu": target.cpu, "description": target.description},
+        "runner": runner.describe(),
+        "model": {"inputs": [s.to_json() for s in specs], "outputs": [s.to_json() for s in out_specs]},
+        "data": {"calibration": {"source": calib.source, "samples": len(calib)},
+                 "evaluation": {"source": evalset.source, "samples": len(evalset),
+                                "labels": evalset.labels is not None}},
+        "settings": {"warmup": opts.warmup, "runs": opts.runs, "threads": opts.threads,
+                     "precisions": list(precisions), "backends": list(backends)},
+        "original": original,
+        "onnx": {"path": "onnx/model.onnx", "check": onnx_check,
+                 "qdq": "onnx/model_int8_qdq.onnx" if onnx_qdq else None},
+        "builds": builds,
+        "not_verified": _not_verified(target, runner),
+    }
+    from edgekit.report import write_report
+
+    write_report(report, staged)
+    return report
+
+
+def _check_onnx(path: Path, evalset: Dataset, reference: list[np.ndarray]) -> dict:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    outs = [sess.run(None, evalset.sample(i)) for i in range(len(evalset))]
+    produced = [np.concatenate([o[j] for o in outs]) for j in range(len(outs[0]))]
+    try:
+        check = compare(reference, produced, evalset.labels)
+    except ValueError as exc:
+        raise EdgekitError(f"the exported ONNX graph disagrees with the original: {exc}",
+                           "report the model to edgekit with the export log") from exc
+    if check["cosine_min"] < ONNX_COSINE_FLOOR:
+        raise EdgekitError(f"the exported ONNX graph differs from the original (cosine {check['cosine_min']:.5f}, "
+                           f"max abs {check['max_abs']:.3g})",
+                           "make the model deterministic in eval mode (dropout off, no random ops) before export")
+    return check
+
+
+def _build_and_check(backend, precision, target, target_ref, runner, onnx_fp32, onnx_qdq, qdq_error, calib,
+                     evalset, specs, out_specs, reference, calib_npz, eval_npz, scratch, staged, opts, original) -> dict:
+    name = f"{backend}_{precision}"
+    row: dict = {"backend": backend, "precision": precision, "target": target.name, "device": runner.describe(),
+                 "status": "failed", "artifacts": [], "size_bytes": None, "latency_ms": None, "accuracy": None}
+    out_dir = staged / name
+    if precision == "int8" and backend in ("onnxruntime", "tvm") and onnx_qdq is None:
+        row["reason"] = qdq_error or "no int8 QDQ graph"
+        return row
+    ctx = BuildContext(onnx_fp32=onnx_fp32, onnx_qdq=onnx_qdq, precision=precision, target=target, calib=calib,
+                       inputs=specs, outputs=out_specs, out_dir=out_dir, work_dir=scratch / f"work_{name}")
+    job = scratch / f"job_{name}.json"
+    job.write_text(json.dumps(job_to_json(backend, ctx, calib_npz, target_ref)))
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "edgekit.build_worker", str(job)], capture_output=True,
+                              text=True, timeout=opts.timeout_s)
+    except subprocess.TimeoutExpired:
+        row["reason"] = f"conversion timed out after {opts.timeout_s:.0f} s"
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return row
+    row["build_s"] = round(time.perf_counter() - t0, 2)
+    result_path = job.with_suffix(".result.json")
+    if not result_path.exists():
+        tail = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1:] or [f"exit code {proc.returncode}"]
+        row["reason"] = f"converter crashed: {tail[0][:200]}"
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return row
+    result = json.loads(result_path.read_text())
+    if result["status"] != "ok":
+        row.update(status=result["status"], reason=result["reason"])
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return row
+    build = result["build"]
+    row.update(precision=build["precision"], requested_precision=precision, quantization=build["quantization"],
+               notes=build["notes"])
+    files = sorted(p for p in out_dir.iterdir() if p.is_file())
+    row["artifacts"] = [str(p.relative_to(staged)) for p in files]
+    deployable = [out_dir / f for key, f in build["artifacts"].items() if key in ("model", "weights", target.arch)]
+    row["size_bytes"] = sum(p.stat().st_size for p in deployable)
+    try:
+        run = runner.run(out_dir, eval_npz, scratch / f"run_{name}", warmup=opts.warmup, runs=opts.runs,
+                         threads=opts.threads, timeout=opts.timeout_s)
+        row["accuracy"] = compare(reference, run.outputs, evalset.labels)
+    except (RunnerError, ValueError) as exc:
+        row["reason"] = f"built, but the check failed: {one_line(exc)}"
+        return row
+    info = run.info
+    row["latency_ms"] = latency_stats(info["latencies_ms"])
+    row["latency_kind"] = "emulated" if runner.emulated else "measured"
+    row["load_s"] = info["load_s"]
+    row["first_inference_ms"] = info["first_inference_ms"]
+    row["peak_rss_mb"] = info["peak_rss_mb"]
+    row["runtime"] = info["runtime"]
+    row["threads"] = info["threads"]
+    row["device_facts"] = info["device"]
+    if "runtime_precisions" in info:
+        row["runtime_precisions"] = info["runtime_precisions"]
+    if runner.name == "host" and not runner.emulated:
+        row["speedup_vs_original"] = original["latency_ms"]["p50"] / row["latency_ms"]["p50"]
+    row["status"] = "ok"
+    row["budget"] = _check_budgets(row, opts.budgets)
+    return row
+
+
+def _check_budgets(row: dict, budgets: Budgets) -> dict:
+    acc, violations = row["accuracy"], []
+    if budgets.min_top1_agreement is not None and acc.get("top1_agreement", 1.0) < budgets.min_top1_agreement:
+        violations.append(f"top-1 agreement {acc['top1_agreement']:.3f} < {budgets.min_top1_agreement}")
+    if budgets.min_cosine is not None and acc["cosine"] < budgets.min_cosine:
+        violations.append(f"cosine {acc['cosine']:.4f} < {budgets.min_cosine}")
+    task = acc.get("task_metric")
+    if budgets.max_accuracy_drop is not None and task is not None:
+        drop = (task["original"] - task["build"]) * 100
+        if drop > budgets.max_accuracy_drop:
+            violations.append(f"accuracy drop {drop:.2f} pt > {budgets.max_accuracy_drop} pt")
+    if budgets.max_latency_ms is not None and row["latency_ms"]["p50"] > budgets.max_latency_ms:
+        if row.get("latency_kind") == "emulated":
+            violations.append("latency budget not checkable: emulated latency is not device latency")
+        else:
+            violations.append(f"p50 {row['latency_ms']['p50']:.3f} ms > {budgets.max_latency_ms} ms")
+    return {"passed": not violations, "violations": violations}
+
+
+def _not_verified(target: Target, runner: Runner) -> list[str]:
+    import platform
+
+    notes = []
+    if runner.name == "host" and target.arch != platform.machine():
+        notes.append(f"builds for {target.name} ({target.arch}) were checked on this {platform.machine()} host, "
+                     f"not on {target.arch}: TFLite/ONNX/OpenVINO files are the same artifacts with host kernels, "
+                     f"and TVM's {target.arch} library was cross-compiled but not executed (its host twin was); "
+                     f"latencies are host latencies, not {target.name} latencies")
+    return notes
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("edgekit")
+    except PackageNotFoundError:
+        return "0+unknown"

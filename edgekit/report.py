@@ -1,0 +1,108 @@
+"""report.json, report.md and the terminal table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+COLUMNS = ("backend", "precision", "device", "size", "cosine", "top-1 agr.", "task acc.", "p50 ms", "p90 ms",
+           "speedup", "status")
+
+
+def _mb(n: int | None) -> str:
+    return "—" if n is None else f"{n / 1e6:.2f} MB"
+
+
+def _cells(row: dict) -> list[str]:
+    acc, lat = row.get("accuracy") or {}, row.get("latency_ms") or {}
+    task = acc.get("task_metric")
+    status = row["status"].upper() if row["status"] != "ok" else "ok"
+    if row["status"] == "ok" and not row.get("budget", {}).get("passed", True):
+        status = "BUDGET"
+    emulated = " (emu)" if row.get("latency_kind") == "emulated" else ""
+    return [
+        row["backend"], row["precision"], row["device"], _mb(row.get("size_bytes")),
+        f"{acc['cosine']:.5f}" if "cosine" in acc else "—",
+        f"{acc['top1_agreement'] * 100:.1f}%" if "top1_agreement" in acc else "—",
+        f"{task['build'] * 100:.1f}% (orig {task['original'] * 100:.1f}%)" if task else "—",
+        f"{lat['p50']:.3f}{emulated}" if lat else "—", f"{lat['p90']:.3f}" if lat else "—",
+        f"{row['speedup_vs_original']:.2f}×" if row.get("speedup_vs_original") else "—",
+        status,
+    ]
+
+
+def _original_cells(report: dict) -> list[str]:
+    o = report["original"]
+    lat = o["latency_ms"]
+    return [f"original ({o['framework']})", "fp32", o["device"], _mb(o["size_bytes"]), "1", "100%", "—",
+            f"{lat['p50']:.3f}", f"{lat['p90']:.3f}", "1.00×", "ref"]
+
+
+def markdown(report: dict) -> str:
+    t = report["target"]
+    lines = [f"# edgekit report — target {t['name']} ({t['triple']})", "",
+             f"Checked by: {report['runner']}. Held-out samples: {report['data']['evaluation']['samples']} "
+             f"from `{report['data']['evaluation']['source']}`; calibration: {report['data']['calibration']['samples']} "
+             f"samples from `{report['data']['calibration']['source']}`. Latency: {report['settings']['warmup']} "
+             f"warm-up + {report['settings']['runs']} timed runs, {report['settings']['threads']} thread(s).", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS),
+             "| " + " | ".join(_original_cells(report)) + " |"]
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in report["builds"]]
+    lines += ["", f"ONNX export check: cosine {report['onnx']['check']['cosine_min']:.6f} (worst sample), "
+              f"max abs {report['onnx']['check']['max_abs']:.3g}.", ""]
+    details = []
+    for r in report["builds"]:
+        bits = []
+        if r.get("reason"):
+            bits.append(f"reason: {r['reason']}")
+        if r.get("quantization"):
+            bits.append(r["quantization"])
+        bits += r.get("notes", [])
+        if r.get("runtime_precisions"):
+            bits.append(f"layers by runtime precision: {r['runtime_precisions']}")
+        if r.get("budget", {}).get("violations"):
+            bits.append("budget: " + "; ".join(r["budget"]["violations"]))
+        if r.get("artifacts"):
+            bits.append("artifacts: " + ", ".join(f"`{a}`" for a in r["artifacts"]))
+        if bits:
+            details.append(f"- **{r['backend']} {r['precision']}** — " + "; ".join(bits))
+    if details:
+        lines += ["## Builds", "", *details, ""]
+    if report["not_verified"]:
+        lines += ["## Not verified", "", *[f"- {n}" for n in report["not_verified"]], ""]
+    return "\n".join(lines)
+
+
+def write_report(report: dict, folder: Path) -> None:
+    (folder / "report.json").write_text(json.dumps(report, indent=2))
+    (folder / "report.md").write_text(markdown(report))
+
+
+def print_table(report: dict, console: Console | None = None) -> None:
+    console = console or Console()
+    t = report["target"]
+    table = Table(title=f"edgekit · target {t['name']} · checked by {report['runner']}")
+    for col in COLUMNS:
+        table.add_column(col, justify="right" if col not in ("backend", "precision", "device", "status") else "left")
+    table.add_row(*_original_cells(report), style="dim")
+    styles = {"ok": "green", "BUDGET": "yellow", "FAILED": "red", "SKIPPED": "blue"}
+    for row in report["builds"]:
+        cells = _cells(row)
+        table.add_row(*cells, style=styles.get(cells[-1]))
+    console.print(table)
+    for row in report["builds"]:
+        if row.get("reason"):
+            console.print(f"[bold]{row['backend']} {row['precision']}[/]: {row['reason']}")
+    for note in report["not_verified"]:
+        console.print(f"[yellow]not verified:[/] {note}")
+
+
+def exit_code(report: dict) -> int:
+    """0 when every build is ok and within budget, 1 otherwise (skipped builds do not fail a run)."""
+    for row in report["builds"]:
+        if row["status"] == "failed" or not row.get("budget", {}).get("passed", True):
+            return 1
+    return 0

@@ -1,0 +1,214 @@
+"""Self-contained build runner: loads one build, runs held-out inputs, times it, writes outputs.
+
+It needs only numpy and the build's runtime (onnxruntime, ai-edge-litert/tflite-runtime, openvino or
+the TVM runtime), so the same file runs on the host, inside an emulated device, or on a board:
+
+    python runner_main.py BUILD_DIR INPUTS.npz OUT_DIR [--warmup N] [--runs N] [--threads N]
+
+BUILD_DIR holds ``build.json`` (backend, artifacts, input/output mapping). OUT_DIR receives
+``outputs.npz`` (one array per output, samples on axis 0) and ``result.json`` (timings, device facts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
+    scale, zero = detail["quantization"]
+    if detail["dtype"] in (np.float32, np.float16) or not scale:
+        return x.astype(detail["dtype"])
+    info = np.iinfo(detail["dtype"])
+    return np.clip(np.round(x / scale + zero), info.min, info.max).astype(detail["dtype"])
+
+
+def _dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
+    scale, zero = detail["quantization"]
+    if not scale or y.dtype.kind == "f":
+        return y
+    return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
+
+
+def _perm(x: np.ndarray, perm: list[int] | None) -> np.ndarray:
+    return x if not perm else np.ascontiguousarray(x.transpose(perm))
+
+
+def load_tflite(build_dir: Path, manifest: dict, threads: int):
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        version = "ai-edge-litert " + _dist_version("ai-edge-litert")
+    except ImportError:
+        from tflite_runtime.interpreter import Interpreter
+
+        version = "tflite-runtime " + _dist_version("tflite-runtime")
+    interp = Interpreter(model_path=str(build_dir / manifest["artifacts"]["model"]), num_threads=threads)
+    interp.allocate_tensors()
+    ins, outs = interp.get_input_details(), interp.get_output_details()
+
+    def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        for spec in manifest["inputs"]:
+            detail = ins[spec["index"]]
+            interp.set_tensor(detail["index"], _quantize(_perm(feed[spec["name"]], spec.get("perm")), detail))
+        interp.invoke()
+        result = []
+        for spec in manifest["outputs"]:
+            detail = outs[spec["index"]]
+            result.append(_perm(_dequantize(interp.get_tensor(detail["index"]), detail), spec.get("perm")))
+        return result
+
+    return run, version
+
+
+def load_onnxruntime(build_dir: Path, manifest: dict, threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(str(build_dir / manifest["artifacts"]["model"]), opts,
+                                providers=["CPUExecutionProvider"])
+    names = [o["name"] for o in manifest["outputs"]]
+    return (lambda feed: sess.run(names, feed)), "onnxruntime " + ort.__version__
+
+
+def load_openvino(build_dir: Path, manifest: dict, threads: int):
+    import openvino as ov
+
+    core = ov.Core()
+    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+              "INFERENCE_PRECISION_HINT": manifest.get("inference_precision", "f32")}
+    compiled = core.compile_model(str(build_dir / manifest["artifacts"]["model"]), "CPU", config)
+    request = compiled.create_infer_request()
+    outputs = [compiled.output(o["name"]) for o in manifest["outputs"]]
+
+    def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        result = request.infer(feed)
+        return [np.array(result[o]) for o in outputs]
+
+    run.runtime_precisions = lambda: _ov_precisions(compiled)
+    return run, "openvino " + ov.get_version().split("-")[0]
+
+
+def _ov_precisions(compiled) -> dict[str, int]:
+    """How many executed layers ran in each precision (OpenVINO runtime info)."""
+    counts: dict[str, int] = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if info["layerType"].astype(str) in ("Input", "Parameter", "Const", "Output", "Result"):
+            continue
+        prec = info["runtimePrecision"].astype(str)
+        counts[prec] = counts.get(prec, 0) + 1
+    return counts
+
+
+def load_tvm(build_dir: Path, manifest: dict, threads: int):
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    import tvm
+    from tvm.runtime.vm import VirtualMachine
+
+    arch = platform.machine()
+    artifact = manifest["artifacts"].get(arch)
+    if artifact is None:
+        raise RuntimeError(f"this TVM build has no library for {arch} (has {sorted(manifest['artifacts'])})")
+    lib = tvm.runtime.load_module(str(build_dir / artifact))
+    vm = VirtualMachine(lib, tvm.cpu())
+    names = [i["name"] for i in manifest["inputs"]]
+
+    def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        out = vm["main"](*[tvm.runtime.tensor(feed[n]) for n in names])
+        outs = out if isinstance(out, (list, tuple)) or type(out).__name__ == "Array" else [out]
+        return [o.numpy() for o in outs]
+
+    return run, "tvm " + tvm.__version__
+
+
+LOADERS = {"tflite": load_tflite, "onnxruntime": load_onnxruntime, "openvino": load_openvino, "tvm": load_tvm}
+
+
+def load_build(build_dir: Path, threads: int):
+    """(run function, runtime version) for the build in ``build_dir``."""
+    manifest = json.loads((build_dir / "build.json").read_text())
+    return LOADERS[manifest["backend"]](build_dir, manifest, threads)
+
+
+def _dist_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "?"
+
+
+def device_facts() -> dict:
+    """CPU model, cores, kernel, Python and machine of the device this runs on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key = line.split(":")[0].strip().lower()
+            if key in ("model name", "hardware", "cpu part") and ":" in line:
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"machine": platform.machine(), "cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(),
+            "python": platform.python_version()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("build_dir", type=Path)
+    parser.add_argument("inputs", type=Path)
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args(argv)
+
+    with np.load(args.inputs, allow_pickle=False) as npz:
+        inputs = {k: npz[k] for k in npz.files}
+    n = len(next(iter(inputs.values())))
+    feeds = [{k: v[i : i + 1] for k, v in inputs.items()} for i in range(n)]
+
+    t0 = time.perf_counter()
+    run, runtime = load_build(args.build_dir, args.threads)
+    load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    first = run(feeds[0])
+    first_s = time.perf_counter() - t0
+    outputs = [first] + [run(f) for f in feeds[1:]]
+    for i in range(args.warmup):
+        run(feeds[i % n])
+    times = []
+    for i in range(args.runs):
+        t0 = time.perf_counter_ns()
+        run(feeds[i % n])
+        times.append((time.perf_counter_ns() - t0) / 1e6)
+
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(args.out_dir / "outputs.npz",
+             **{f"output_{j}": np.concatenate([o[j] for o in outputs]) for j in range(len(first))})
+    result = {
+        "runtime": runtime, "threads": args.threads, "warmup": args.warmup, "runs": args.runs,
+        "load_s": load_s, "first_inference_ms": first_s * 1e3, "latencies_ms": times,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "device": device_facts(),
+    }
+    if hasattr(run, "runtime_precisions"):
+        result["runtime_precisions"] = run.runtime_precisions()
+    (args.out_dir / "result.json").write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
