@@ -74,8 +74,15 @@ class Converter(ABC):
 
 def write_manifest(ctx: BuildContext, result: BuildResult, inputs: list[dict], outputs: list[dict], **extra) -> None:
     """Write ``build.json``: what the self-contained runner needs to load and feed the build."""
-    manifest = {"backend": result.backend, "precision": result.precision, "target": ctx.target.name,
-                "artifacts": result.artifacts, "inputs": inputs, "outputs": outputs, **extra}
+    manifest = {
+        "backend": result.backend,
+        "precision": result.precision,
+        "target": ctx.target.name,
+        "artifacts": result.artifacts,
+        "inputs": inputs,
+        "outputs": outputs,
+        **extra,
+    }
     (ctx.out_dir / "build.json").write_text(json.dumps(manifest, indent=2))
 
 

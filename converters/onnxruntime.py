@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 
 import onnx
-
 from edgekit.converters.base import BuildContext, BuildResult, Converter, io_by_name, write_manifest
 
 

@@ -29,8 +29,13 @@ class OpenVinoConverter(Converter):
             quant = "fp16 weights (decompressed to fp32 at load on CPUs without fp16 arithmetic)"
         xml = ctx.out_dir / f"model_{ctx.precision}.xml"
         ov.save_model(model, str(xml), compress_to_fp16=ctx.precision == "fp16")
-        result = BuildResult(self.name, ctx.precision, {"model": xml.name, "weights": xml.with_suffix(".bin").name},
-                             notes=notes, quantization=quant)
+        result = BuildResult(
+            self.name,
+            ctx.precision,
+            {"model": xml.name, "weights": xml.with_suffix(".bin").name},
+            notes=notes,
+            quantization=quant,
+        )
         # OpenVINO's CPU plugin defaults to bf16 on CPUs with AVX512-BF16: pin f32 so the check is honest.
         write_manifest(ctx, result, io_by_name(ctx.inputs), io_by_name(ctx.outputs), inference_precision="f32")
         return result

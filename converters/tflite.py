@@ -14,7 +14,6 @@ import subprocess
 import sys
 
 import numpy as np
-
 from edgekit.converters.base import (
     BuildContext,
     BuildResult,
@@ -23,6 +22,7 @@ from edgekit.converters.base import (
     inverse_perm,
     write_manifest,
 )
+
 from edgekit.onnx_hub import has_float_inputs
 
 ONNX2TF_TIMEOUT_S = 1800
@@ -52,12 +52,14 @@ class TfliteConverter(Converter):
                 cmd += ["-cind", spec.name, f"calib_{pos}.npy", mean, std]
             # Present so that onnx2tf never reaches for its internet sample; holds our real calibration data.
             np.save(work / SAMPLE_FILE, ctx.calib.inputs[ctx.inputs[0].name][:20].astype(np.float32))
-            quant = (f"full-integer int8 (int8 inputs/outputs), per-channel weights, "
-                     f"{len(ctx.calib)} calibration samples (onnx2tf/TFLiteConverter)")
+            quant = (
+                f"full-integer int8 (int8 inputs/outputs), per-channel weights, "
+                f"{len(ctx.calib)} calibration samples (onnx2tf/TFLiteConverter)"
+            )
         elif ctx.precision == "int8":
             cmd += ["-odrqt"]
             variant = "int8-dynamic"
-            quant = "dynamic-range int8 weights (the model has non-float inputs, so full-integer calibration is not possible)"
+            quant = "dynamic-range int8 weights (non-float inputs rule out full-integer calibration)"
             notes.append("built as dynamic-range int8: onnx2tf calibrates only float inputs")
         elif ctx.precision == "fp16":
             quant = "fp16 weights, fp32 compute where the delegate lacks fp16"
@@ -86,8 +88,9 @@ class TfliteConverter(Converter):
         for pos, spec in enumerate(ctx.inputs):
             perm = perms[spec.name]
             want = tuple(np.array(spec.shape)[perm]) if perm else spec.shape
-            idx = next((i for i, d in enumerate(details) if re.sub(r"^serving_default_|:0$", "", d["name"]) == spec.name),
-                       pos)
+            idx = next(
+                (i for i, d in enumerate(details) if re.sub(r"^serving_default_|:0$", "", d["name"]) == spec.name), pos
+            )
             if tuple(details[idx]["shape"]) != want and tuple(details[idx]["shape"]) == spec.shape:
                 perm = None
             inputs.append({"name": spec.name, "index": idx, "perm": perm})
@@ -97,8 +100,9 @@ class TfliteConverter(Converter):
         reference = ort.InferenceSession(str(ctx.onnx_fp32), providers=["CPUExecutionProvider"]).run(None, feed)
         out_details = interp.get_output_details()
         candidates = [{"index": i} for i in range(len(out_details))]
-        probe, _ = load_tflite(model_path.parent, {"artifacts": {"model": model_path.name}, "inputs": inputs,
-                                                   "outputs": candidates}, 1)
+        probe, _ = load_tflite(
+            model_path.parent, {"artifacts": {"model": model_path.name}, "inputs": inputs, "outputs": candidates}, 1
+        )
         produced = probe(feed)
         outputs, used = [], set()
         for spec, ref in zip(ctx.outputs, reference, strict=True):

@@ -11,16 +11,19 @@ import platform
 import shutil
 
 import onnx
-
 from edgekit.converters.base import BuildContext, BuildResult, Converter, SkipBuild, io_by_name, write_manifest
+
 from edgekit.errors import one_line
 
 
 def host_target() -> dict:
     import tvm
 
-    return {"kind": "llvm", "mtriple": f"{platform.machine()}-linux-gnu",
-            "mcpu": tvm.target.codegen.llvm_get_system_cpu()}
+    return {
+        "kind": "llvm",
+        "mtriple": f"{platform.machine()}-linux-gnu",
+        "mcpu": tvm.target.codegen.llvm_get_system_cpu(),
+    }
 
 
 def compile_library(onnx_path, shapes: dict, target: dict, path, cc: str | None) -> None:
@@ -46,8 +49,10 @@ class TvmConverter(Converter):
         if not on_host:
             cc = shutil.which(ctx.target.cross_compiler or "")
             if cc is None:
-                raise RuntimeError(f"cross compiler '{ctx.target.cross_compiler}' not found; install it "
-                                   f"(Debian: apt-get install g++-{ctx.target.triple.rsplit('-', 1)[0]})")
+                raise RuntimeError(
+                    f"cross compiler '{ctx.target.cross_compiler}' not found; install it "
+                    f"(Debian: apt-get install g++-{ctx.target.triple.rsplit('-', 1)[0]})"
+                )
         shapes = {s.name: list(s.shape) for s in ctx.inputs}
         target = host_target() if on_host and not ctx.target.cpu else ctx.target.tvm_target()
         source, precision, quant, notes = ctx.onnx_fp32, "fp32", "", []
@@ -67,8 +72,10 @@ class TvmConverter(Converter):
             libs = {k: v.replace("int8", "fp32") for k, v in libs.items()}
             self._compile_all(source, shapes, ctx, target, cc, libs)
         if not on_host:
-            notes.append(f"{ctx.target.arch} library cross-linked with {ctx.target.cross_compiler}; "
-                         f"the host library ({platform.machine()}) is the same graph compiled for this machine")
+            notes.append(
+                f"{ctx.target.arch} library cross-linked with {ctx.target.cross_compiler}; "
+                f"the host library ({platform.machine()}) is the same graph compiled for this machine"
+            )
         result = BuildResult(self.name, precision, libs, notes=notes, quantization=quant)
         write_manifest(ctx, result, io_by_name(ctx.inputs), io_by_name(ctx.outputs), tvm_target=target)
         return result

@@ -1,6 +1,6 @@
 """Run one converter in its own process, so that a crash or hang in a backend sinks only its build.
 
-    python -m edgekit.build_worker JOB.json   → writes JOB.result.json
+python -m edgekit.build_worker JOB.json   → writes JOB.result.json
 """
 
 from __future__ import annotations
@@ -18,10 +18,16 @@ from edgekit.target import load_target
 
 def job_to_json(backend: str, ctx: BuildContext, calib_npz: Path, target_ref: str) -> dict:
     return {
-        "backend": backend, "onnx_fp32": str(ctx.onnx_fp32), "onnx_qdq": str(ctx.onnx_qdq) if ctx.onnx_qdq else None,
-        "precision": ctx.precision, "target": target_ref, "calib": str(calib_npz),
-        "inputs": [s.to_json() for s in ctx.inputs], "outputs": [s.to_json() for s in ctx.outputs],
-        "out_dir": str(ctx.out_dir), "work_dir": str(ctx.work_dir),
+        "backend": backend,
+        "onnx_fp32": str(ctx.onnx_fp32),
+        "onnx_qdq": str(ctx.onnx_qdq) if ctx.onnx_qdq else None,
+        "precision": ctx.precision,
+        "target": target_ref,
+        "calib": str(calib_npz),
+        "inputs": [s.to_json() for s in ctx.inputs],
+        "outputs": [s.to_json() for s in ctx.outputs],
+        "out_dir": str(ctx.out_dir),
+        "work_dir": str(ctx.work_dir),
     }
 
 
@@ -32,10 +38,15 @@ def _context(job: dict) -> BuildContext:
     with np.load(job["calib"], allow_pickle=False) as npz:
         calib = Dataset({s.name: npz[s.name] for s in specs}, None, job["calib"])
     return BuildContext(
-        onnx_fp32=Path(job["onnx_fp32"]), onnx_qdq=Path(job["onnx_qdq"]) if job["onnx_qdq"] else None,
-        precision=job["precision"], target=load_target(job["target"]), calib=calib, inputs=specs,
+        onnx_fp32=Path(job["onnx_fp32"]),
+        onnx_qdq=Path(job["onnx_qdq"]) if job["onnx_qdq"] else None,
+        precision=job["precision"],
+        target=load_target(job["target"]),
+        calib=calib,
+        inputs=specs,
         outputs=[TensorSpec(s["name"], tuple(s["shape"]), s["dtype"]) for s in job["outputs"]],
-        out_dir=Path(job["out_dir"]), work_dir=Path(job["work_dir"]),
+        out_dir=Path(job["out_dir"]),
+        work_dir=Path(job["work_dir"]),
     )
 
 

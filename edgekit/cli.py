@@ -18,8 +18,12 @@ from edgekit.pipeline import Budgets, ConvertOptions, convert
 from edgekit.report import exit_code, print_table
 from edgekit.target import list_targets
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Convert a trained model into checked edge builds (TFLite, OpenVINO, TVM, ONNX Runtime).")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Convert a trained model into checked edge builds (TFLite, OpenVINO, TVM, ONNX Runtime).",
+)
 err = Console(stderr=True)
 
 
@@ -29,8 +33,10 @@ def parse_input_shapes(values: list[str]) -> dict[str, tuple[tuple[int, ...], st
     for value in values:
         m = re.fullmatch(r"(?:([^:]+):)?(\d+(?:x\d+)*)(?::(\w+))?", value)
         if not m:
-            raise EdgekitError(f"--input-shape '{value}' is not NAME:1x3x224x224[:dtype]",
-                               "write e.g. --input-shape input:1x3x224x224 or ids:1x128:int64")
+            raise EdgekitError(
+                f"--input-shape '{value}' is not NAME:1x3x224x224[:dtype]",
+                "write e.g. --input-shape input:1x3x224x224 or ids:1x128:int64",
+            )
         shapes[m.group(1) or ""] = (tuple(int(d) for d in m.group(2).split("x")), m.group(3) or "float32")
     return shapes
 
@@ -61,7 +67,9 @@ def convert_cmd(
     model: Annotated[str, typer.Argument(help="model.onnx, TorchScript .pt, torch.export .pt2, or module:callable")],
     target: Annotated[str, typer.Option(help="target name (see `edgekit targets`) or .toml path")] = "arm64",
     calib: Annotated[Path | None, typer.Option(help=".npz/.npy or a folder of images (real data)")] = None,
-    eval_data: Annotated[Path | None, typer.Option("--eval", help="held-out .npz, with 'labels' for task accuracy")] = None,
+    eval_data: Annotated[
+        Path | None, typer.Option("--eval", help="held-out .npz, with 'labels' for task accuracy")
+    ] = None,
     out: Annotated[Path, typer.Option(help="output folder (replaced atomically)")] = Path("build"),
     weights: Annotated[Path | None, typer.Option(help="state dict for module:callable (weights_only)")] = None,
     precision: Annotated[str | None, typer.Option(help="fp32|fp16|int8, comma-separated; default from target")] = None,
@@ -88,13 +96,27 @@ def convert_cmd(
     except EdgekitError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from exc
-    _execute(ConvertOptions(
-        model=model, target=target, out=out, calib=calib, eval=eval_data, weights=weights,
-        precisions=_csv(precision), backends=_csv(backends), device=device, input_shapes=shapes or None,
-        image=ImagePreprocess(m * 3 if len(m) == 1 else m, s * 3 if len(s) == 1 else s, ten_crop),
-        calib_size=calib_size, eval_size=eval_size, runs=runs, warmup=warmup, threads=threads,
-        budgets=Budgets(min_top1_agreement, min_cosine, max_accuracy_drop, max_latency_ms),
-    ))
+    _execute(
+        ConvertOptions(
+            model=model,
+            target=target,
+            out=out,
+            calib=calib,
+            eval=eval_data,
+            weights=weights,
+            precisions=_csv(precision),
+            backends=_csv(backends),
+            device=device,
+            input_shapes=shapes or None,
+            image=ImagePreprocess(m * 3 if len(m) == 1 else m, s * 3 if len(s) == 1 else s, ten_crop),
+            calib_size=calib_size,
+            eval_size=eval_size,
+            runs=runs,
+            warmup=warmup,
+            threads=threads,
+            budgets=Budgets(min_top1_agreement, min_cosine, max_accuracy_drop, max_latency_ms),
+        )
+    )
 
 
 @app.command()
@@ -106,11 +128,20 @@ def demo(
 ) -> None:
     """Run the whole pipeline on the bundled EfficientNet-Lite0 (ImageNet weights) and bundled real photos."""
     photos = Path(str(resources.files("edgekit.calib_data") / "photos"))
-    _execute(ConvertOptions(
-        model="edgekit.models.efficientnet_lite:efficientnet_lite0", target=target, out=out, calib=photos,
-        precisions=_csv(precision), input_shapes={"": ((1, 3, 224, 224), "float32")},
-        image=ImagePreprocess((127.0,) * 3, (128.0,) * 3, ten_crop=True), calib_size=64, eval_size=66, runs=runs,
-    ))
+    _execute(
+        ConvertOptions(
+            model="edgekit.models.efficientnet_lite:efficientnet_lite0",
+            target=target,
+            out=out,
+            calib=photos,
+            precisions=_csv(precision),
+            input_shapes={"": ((1, 3, 224, 224), "float32")},
+            image=ImagePreprocess((127.0,) * 3, (128.0,) * 3, ten_crop=True),
+            calib_size=64,
+            eval_size=66,
+            runs=runs,
+        )
+    )
 
 
 @app.command()
@@ -122,6 +153,7 @@ def targets() -> None:
     for col in ("name", "triple", "cpu", "backends", "default precision", "runner", "description"):
         table.add_column(col)
     for t in list_targets():
-        table.add_row(t.name, t.triple, t.cpu or "native", ", ".join(t.backends), t.default_precision, t.runner,
-                      t.description)
+        table.add_row(
+            t.name, t.triple, t.cpu or "native", ", ".join(t.backends), t.default_precision, t.runner, t.description
+        )
     Console().print(table)

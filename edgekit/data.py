@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def load_dataset(path: Path, specs: list[TensorSpec] | None, preprocess: ImagePr
                 arrays = {k: npz[k] for k in npz.files}
         else:
             raise _bad(path, f"unsupported file type '{path.suffix}'", "use .npz, .npy or a folder of images")
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise _bad(path, f"cannot be read as numpy data ({exc})", "re-save it with numpy.savez") from exc
     labels = next((arrays.pop(k) for k in LABEL_KEYS if k in arrays), None)
     if not arrays:
@@ -96,15 +97,21 @@ def _match_inputs(path: Path, arrays: dict[str, np.ndarray], specs: list[TensorS
         arrays = {specs[0].name: next(iter(arrays.values()))}
     missing = [s.name for s in specs if s.name not in arrays]
     if missing:
-        raise _bad(path, f"has arrays {sorted(arrays)} but the model needs inputs {missing}",
-                   "name the arrays after the model inputs (numpy.savez(f, **{name: array}))")
+        raise _bad(
+            path,
+            f"has arrays {sorted(arrays)} but the model needs inputs {missing}",
+            "name the arrays after the model inputs (numpy.savez(f, **{name: array}))",
+        )
     out = {}
     for spec in specs:
         arr = arrays[spec.name]
         want = tuple(spec.shape[1:])
         if tuple(arr.shape[1:]) != want:
-            raise _bad(path, f"input '{spec.name}' has sample shape {tuple(arr.shape[1:])}, the model expects {want}",
-                       "store samples with the model's input shape (samples on axis 0), or pass --input-shape")
+            raise _bad(
+                path,
+                f"input '{spec.name}' has sample shape {tuple(arr.shape[1:])}, the model expects {want}",
+                "store samples with the model's input shape (samples on axis 0), or pass --input-shape",
+            )
         out[spec.name] = arr.astype(spec.dtype, copy=False)
     return out
 
@@ -126,8 +133,11 @@ def _load_image_folder(path: Path, specs: list[TensorSpec] | None, prep: ImagePr
     if not files:
         raise _bad(path, "contains no images (.jpg/.png/.bmp/.webp)", "point --calib at a folder of real images")
     if specs is None or len(specs) != 1 or len(specs[0].shape) != 4:
-        raise _bad(path, "an image folder needs a model with one 4-D image input",
-                   "pass --input-shape NAME:1x3xHxW, or give the data as .npz")
+        raise _bad(
+            path,
+            "an image folder needs a model with one 4-D image input",
+            "pass --input-shape NAME:1x3xHxW, or give the data as .npz",
+        )
     spec = specs[0]
     channels_first = spec.shape[1] in (1, 3)
     c, h, w = spec.shape[1:] if channels_first else (spec.shape[3], *spec.shape[1:3])
@@ -138,8 +148,9 @@ def _load_image_folder(path: Path, specs: list[TensorSpec] | None, prep: ImagePr
         except (UnidentifiedImageError, OSError) as exc:
             raise _bad(f, "is not a readable image", "remove or replace the file") from exc
         scale = max(h / img.height, w / img.width) * (256 / 224 if prep.ten_crop else 1.0)
-        img = img.resize((max(w, round(img.width * scale)), max(h, round(img.height * scale))),
-                         Image.Resampling.BILINEAR)
+        img = img.resize(
+            (max(w, round(img.width * scale)), max(h, round(img.height * scale))), Image.Resampling.BILINEAR
+        )
         crops = _ten_crops(img, (h, w))[: 10 if prep.ten_crop else 1]
         for crop in crops:
             a = np.asarray(crop, dtype=np.float32).reshape(h, w, c)

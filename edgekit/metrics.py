@@ -7,8 +7,14 @@ import numpy as np
 
 def latency_stats(times_ms: list[float]) -> dict[str, float]:
     a = np.asarray(times_ms, dtype=np.float64)
-    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
-            "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "min": float(a.min()), "n": len(a)}
+    return {
+        "p50": float(np.percentile(a, 50)),
+        "p90": float(np.percentile(a, 90)),
+        "p99": float(np.percentile(a, 99)),
+        "mean": float(a.mean()),
+        "min": float(a.min()),
+        "n": len(a),
+    }
 
 
 def _cosine_per_sample(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -34,8 +40,13 @@ def compare(reference: list[np.ndarray], produced: list[np.ndarray], labels: np.
         if ref.shape != out.shape:
             raise ValueError(f"output shape {out.shape} differs from the original's {ref.shape}")
         cos = _cosine_per_sample(ref, out)
-        per_output.append({"max_abs": float(np.abs(ref.astype(np.float64) - out).max()),
-                           "cosine": float(cos.mean()), "cosine_min": float(cos.min())})
+        per_output.append(
+            {
+                "max_abs": float(np.abs(ref.astype(np.float64) - out).max()),
+                "cosine": float(cos.mean()),
+                "cosine_min": float(cos.min()),
+            }
+        )
     result = dict(per_output[0])
     result["max_abs"] = max(o["max_abs"] for o in per_output)
     result["cosine"] = min(o["cosine"] for o in per_output)
@@ -45,7 +56,9 @@ def compare(reference: list[np.ndarray], produced: list[np.ndarray], labels: np.
     if is_classifier(reference[0]):
         result["top1_agreement"] = float((reference[0].argmax(1) == produced[0].argmax(1)).mean())
         if labels is not None:
-            result["task_metric"] = {"name": "top1_accuracy",
-                                     "original": float((reference[0].argmax(1) == labels).mean()),
-                                     "build": float((produced[0].argmax(1) == labels).mean())}
+            result["task_metric"] = {
+                "name": "top1_accuracy",
+                "original": float((reference[0].argmax(1) == labels).mean()),
+                "build": float((produced[0].argmax(1) == labels).mean()),
+            }
     return result

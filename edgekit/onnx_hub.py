@@ -27,8 +27,7 @@ def export_onnx(source: SourceModel, specs: list[TensorSpec], out: Path) -> Path
         if any(-1 in s.shape for s in source.input_specs or []):
             from onnx.tools import update_model_dims
 
-            model = update_model_dims.update_inputs_outputs_dims(
-                model, {s.name: list(s.shape) for s in specs}, {})
+            model = update_model_dims.update_inputs_outputs_dims(model, {s.name: list(s.shape) for s in specs}, {})
     else:
         model = _torch_to_onnx(source, specs)
     try:
@@ -53,16 +52,25 @@ def _torch_to_onnx(source: SourceModel, specs: list[TensorSpec]):
         try:
             with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                 warnings.simplefilter("ignore")
-                prog = torch.onnx.export(module, args, None if dynamo else buf, input_names=names,
-                                         opset_version=OPSET, dynamo=dynamo,
-                                         external_data=False, verbose=False)
+                prog = torch.onnx.export(
+                    module,
+                    args,
+                    None if dynamo else buf,
+                    input_names=names,
+                    opset_version=OPSET,
+                    dynamo=dynamo,
+                    external_data=False,
+                    verbose=False,
+                )
             if dynamo:
                 return _rename_outputs(prog.model_proto)
             return _rename_outputs(onnx.load_from_string(buf.getvalue()))
         except Exception as exc:
             errors.append(str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__)
-    raise EdgekitError(f"the model fails to export to ONNX ({errors[0]})",
-                       "make forward() traceable by torch.export (no data-dependent Python control flow)")
+    raise EdgekitError(
+        f"the model fails to export to ONNX ({errors[0]})",
+        "make forward() traceable by torch.export (no data-dependent Python control flow)",
+    )
 
 
 def _rename_outputs(model):
@@ -85,8 +93,11 @@ def onnx_output_specs(path: Path) -> list[TensorSpec]:
     specs = []
     for v in model.graph.output:
         t = v.type.tensor_type
-        specs.append(TensorSpec(v.name, tuple(d.dim_value for d in t.shape.dim),
-                                onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name))
+        specs.append(
+            TensorSpec(
+                v.name, tuple(d.dim_value for d in t.shape.dim), onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
+            )
+        )
     return specs
 
 
@@ -113,10 +124,17 @@ def quantize_qdq(fp32: Path, out: Path, calib: Dataset, workdir: Path) -> Path:
 
     pre = workdir / "model.preprocessed.onnx"
     quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax,
-                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    quantize_static(
+        str(pre),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+    )
     pre.unlink()
     return out
 

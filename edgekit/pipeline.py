@@ -114,12 +114,14 @@ def _resolve_specs(opts: ConvertOptions, source: SourceModel) -> list[TensorSpec
     if opts.input_shapes:
         unknown = [n for n in opts.input_shapes if n and names and n not in names]
         if unknown:
-            raise EdgekitError(f"--input-shape names {unknown} are not model inputs {names}",
-                               "use the model's input names")
+            raise EdgekitError(
+                f"--input-shape names {unknown} are not model inputs {names}", "use the model's input names"
+            )
         if "" in opts.input_shapes:  # a bare shape applies to the only input
             if len(names) > 1:
-                raise EdgekitError("a bare --input-shape needs a single-input model",
-                                   "write NAME:SHAPE for every input")
+                raise EdgekitError(
+                    "a bare --input-shape needs a single-input model", "write NAME:SHAPE for every input"
+                )
             shape, dtype = opts.input_shapes[""]
             return [TensorSpec(names[0] if names else "input", shape, dtype)]
         return [TensorSpec(n, *opts.input_shapes[n]) for n in (names or opts.input_shapes)]
@@ -140,23 +142,31 @@ def _data(opts: ConvertOptions, source: SourceModel) -> tuple[Dataset, Dataset, 
             specs = [TensorSpec(names[0], specs[0].shape, specs[0].dtype)]
             data = Dataset({names[0]: next(iter(data.inputs.values()))}, data.labels, data.source)
         elif names and sorted(s.name for s in specs) != sorted(names):
-            raise EdgekitError(f"calibration arrays {sorted(data.inputs)} do not match the model inputs {names}",
-                               "name the arrays after the model inputs")
+            raise EdgekitError(
+                f"calibration arrays {sorted(data.inputs)} do not match the model inputs {names}",
+                "name the arrays after the model inputs",
+            )
         elif source.input_specs:
-            for s, m in zip(sorted(specs, key=lambda s: s.name), sorted(source.input_specs, key=lambda s: s.name),
-                            strict=True):
-                if len(s.shape) != len(m.shape) or any(a != b and b != -1 for a, b in zip(s.shape, m.shape,
-                                                                                          strict=True)):
-                    raise EdgekitError(f"input '{s.name}': the data has shape {s.shape}, the model {m.shape}",
-                                       "give data with the model's input shape")
+            for s, m in zip(
+                sorted(specs, key=lambda s: s.name), sorted(source.input_specs, key=lambda s: s.name), strict=True
+            ):
+                if len(s.shape) != len(m.shape) or any(
+                    a != b and b != -1 for a, b in zip(s.shape, m.shape, strict=True)
+                ):
+                    raise EdgekitError(
+                        f"input '{s.name}': the data has shape {s.shape}, the model {m.shape}",
+                        "give data with the model's input shape",
+                    )
     if opts.eval is not None:
         evalset = load_dataset(opts.eval, specs, opts.image)
         calib = data.take(0, min(opts.calib_size, len(data)))
         evalset = evalset.take(0, min(opts.eval_size, len(evalset)))
     else:
         if len(data) < 2:
-            raise EdgekitError(f"calibration data '{opts.calib}' has {len(data)} sample(s)",
-                               "give at least 2 samples (calibration and held-out), or pass --eval")
+            raise EdgekitError(
+                f"calibration data '{opts.calib}' has {len(data)} sample(s)",
+                "give at least 2 samples (calibration and held-out), or pass --eval",
+            )
         n_calib = min(opts.calib_size, len(data) // 2)
         calib = data.take(0, n_calib)
         evalset = data.take(n_calib, n_calib + opts.eval_size)
@@ -182,21 +192,43 @@ def _measure_original(source: SourceModel, evalset: Dataset, opts: ConvertOption
             run(feeds[i % len(feeds)])
             times.append((time.perf_counter_ns() - t0) / 1e6)
     except Exception as exc:
-        raise EdgekitError(f"the original model fails on the given inputs ({one_line(exc, 200)})",
-                           "check --input-shape and the data's shape and dtype") from exc
+        raise EdgekitError(
+            f"the original model fails on the given inputs ({one_line(exc, 200)})",
+            "check --input-shape and the data's shape and dtype",
+        ) from exc
     reference = [np.concatenate([o[j] for o in outs]) for j in range(len(outs[0]))]
-    info = {"framework": source.framework, "location": source.location, "size_bytes": source.size_bytes,
-            "latency_ms": latency_stats(times), "mean_inference_ms_first_pass": first_ms,
-            "device": "host", "threads": opts.threads}
+    info = {
+        "framework": source.framework,
+        "location": source.location,
+        "size_bytes": source.size_bytes,
+        "latency_ms": latency_stats(times),
+        "mean_inference_ms_first_pass": first_ms,
+        "device": "host",
+        "threads": opts.threads,
+    }
     return reference, info
 
 
-def _run(opts, target: Target, precisions, backends, runner: Runner, source: SourceModel, calib: Dataset,
-         evalset: Dataset, specs: list[TensorSpec], scratch: Path, log: Log) -> dict:
+def _run(
+    opts,
+    target: Target,
+    precisions,
+    backends,
+    runner: Runner,
+    source: SourceModel,
+    calib: Dataset,
+    evalset: Dataset,
+    specs: list[TensorSpec],
+    scratch: Path,
+    log: Log,
+) -> dict:
     staged = scratch / "out"
     (staged / "onnx").mkdir(parents=True)
     log("measuring the original model")
     reference, original = _measure_original(source, evalset, opts)
+    own = compare(reference, reference, evalset.labels).get("task_metric")
+    if own is not None:
+        original["task_metric"] = {"name": own["name"], "value": own["original"]}
 
     log("exporting to ONNX and checking it against the original")
     onnx_fp32 = onnx_hub.export_onnx(source, specs, staged / "onnx" / "model.onnx")
@@ -219,9 +251,27 @@ def _run(opts, target: Target, precisions, backends, runner: Runner, source: Sou
     for precision in precisions:
         for backend in backends:
             log(f"building {backend} {precision}")
-            row = _build_and_check(backend, precision, target, target_ref, runner, onnx_fp32, onnx_qdq, qdq_error,
-                                   calib, evalset, specs, out_specs, reference, calib_npz, eval_npz, scratch,
-                                   staged, opts, original)
+            row = _build_and_check(
+                backend,
+                precision,
+                target,
+                target_ref,
+                runner,
+                onnx_fp32,
+                onnx_qdq,
+                qdq_error,
+                calib,
+                evalset,
+                specs,
+                out_specs,
+                reference,
+                calib_npz,
+                eval_npz,
+                scratch,
+                staged,
+                opts,
+                original,
+            )
             builds.append(row)
             log(f"{backend} {precision}: {row['status']}" + (f" ({row['reason']})" if row.get("reason") else ""))
     report = {
@@ -230,14 +280,23 @@ def _run(opts, target: Target, precisions, backends, runner: Runner, source: Sou
         "target": {"name": target.name, "triple": target.triple, "cpu": target.cpu, "description": target.description},
         "runner": runner.describe(),
         "model": {"inputs": [s.to_json() for s in specs], "outputs": [s.to_json() for s in out_specs]},
-        "data": {"calibration": {"source": calib.source, "samples": len(calib)},
-                 "evaluation": {"source": evalset.source, "samples": len(evalset),
-                                "labels": evalset.labels is not None}},
-        "settings": {"warmup": opts.warmup, "runs": opts.runs, "threads": opts.threads,
-                     "precisions": list(precisions), "backends": list(backends)},
+        "data": {
+            "calibration": {"source": calib.source, "samples": len(calib)},
+            "evaluation": {"source": evalset.source, "samples": len(evalset), "labels": evalset.labels is not None},
+        },
+        "settings": {
+            "warmup": opts.warmup,
+            "runs": opts.runs,
+            "threads": opts.threads,
+            "precisions": list(precisions),
+            "backends": list(backends),
+        },
         "original": original,
-        "onnx": {"path": "onnx/model.onnx", "check": onnx_check,
-                 "qdq": "onnx/model_int8_qdq.onnx" if onnx_qdq else None},
+        "onnx": {
+            "path": "onnx/model.onnx",
+            "check": onnx_check,
+            "qdq": "onnx/model_int8_qdq.onnx" if onnx_qdq else None,
+        },
         "builds": builds,
         "not_verified": _not_verified(target, runner),
     }
@@ -256,32 +315,77 @@ def _check_onnx(path: Path, evalset: Dataset, reference: list[np.ndarray]) -> di
     try:
         check = compare(reference, produced, evalset.labels)
     except ValueError as exc:
-        raise EdgekitError(f"the exported ONNX graph disagrees with the original: {exc}",
-                           "report the model to edgekit with the export log") from exc
+        raise EdgekitError(
+            f"the exported ONNX graph disagrees with the original: {exc}",
+            "report the model to edgekit with the export log",
+        ) from exc
     if check["cosine_min"] < ONNX_COSINE_FLOOR:
-        raise EdgekitError(f"the exported ONNX graph differs from the original (cosine {check['cosine_min']:.5f}, "
-                           f"max abs {check['max_abs']:.3g})",
-                           "make the model deterministic in eval mode (dropout off, no random ops) before export")
+        raise EdgekitError(
+            f"the exported ONNX graph differs from the original (cosine {check['cosine_min']:.5f}, "
+            f"max abs {check['max_abs']:.3g})",
+            "make the model deterministic in eval mode (dropout off, no random ops) before export",
+        )
     return check
 
 
-def _build_and_check(backend, precision, target, target_ref, runner, onnx_fp32, onnx_qdq, qdq_error, calib,
-                     evalset, specs, out_specs, reference, calib_npz, eval_npz, scratch, staged, opts, original) -> dict:
+def _build_and_check(
+    backend,
+    precision,
+    target,
+    target_ref,
+    runner,
+    onnx_fp32,
+    onnx_qdq,
+    qdq_error,
+    calib,
+    evalset,
+    specs,
+    out_specs,
+    reference,
+    calib_npz,
+    eval_npz,
+    scratch,
+    staged,
+    opts,
+    original,
+) -> dict:
     name = f"{backend}_{precision}"
-    row: dict = {"backend": backend, "precision": precision, "target": target.name, "device": runner.describe(),
-                 "status": "failed", "artifacts": [], "size_bytes": None, "latency_ms": None, "accuracy": None}
+    row: dict = {
+        "backend": backend,
+        "precision": precision,
+        "target": target.name,
+        "device": runner.describe(),
+        "status": "failed",
+        "artifacts": [],
+        "size_bytes": None,
+        "latency_ms": None,
+        "accuracy": None,
+    }
     out_dir = staged / name
     if precision == "int8" and backend in ("onnxruntime", "tvm") and onnx_qdq is None:
         row["reason"] = qdq_error or "no int8 QDQ graph"
         return row
-    ctx = BuildContext(onnx_fp32=onnx_fp32, onnx_qdq=onnx_qdq, precision=precision, target=target, calib=calib,
-                       inputs=specs, outputs=out_specs, out_dir=out_dir, work_dir=scratch / f"work_{name}")
+    ctx = BuildContext(
+        onnx_fp32=onnx_fp32,
+        onnx_qdq=onnx_qdq,
+        precision=precision,
+        target=target,
+        calib=calib,
+        inputs=specs,
+        outputs=out_specs,
+        out_dir=out_dir,
+        work_dir=scratch / f"work_{name}",
+    )
     job = scratch / f"job_{name}.json"
     job.write_text(json.dumps(job_to_json(backend, ctx, calib_npz, target_ref)))
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, "-m", "edgekit.build_worker", str(job)], capture_output=True,
-                              text=True, timeout=opts.timeout_s)
+        proc = subprocess.run(
+            [sys.executable, "-m", "edgekit.build_worker", str(job)],
+            capture_output=True,
+            text=True,
+            timeout=opts.timeout_s,
+        )
     except subprocess.TimeoutExpired:
         row["reason"] = f"conversion timed out after {opts.timeout_s:.0f} s"
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -299,15 +403,26 @@ def _build_and_check(backend, precision, target, target_ref, runner, onnx_fp32, 
         shutil.rmtree(out_dir, ignore_errors=True)
         return row
     build = result["build"]
-    row.update(precision=build["precision"], requested_precision=precision, quantization=build["quantization"],
-               notes=build["notes"])
+    row.update(
+        precision=build["precision"],
+        requested_precision=precision,
+        quantization=build["quantization"],
+        notes=build["notes"],
+    )
     files = sorted(p for p in out_dir.iterdir() if p.is_file())
     row["artifacts"] = [str(p.relative_to(staged)) for p in files]
     deployable = [out_dir / f for key, f in build["artifacts"].items() if key in ("model", "weights", target.arch)]
     row["size_bytes"] = sum(p.stat().st_size for p in deployable)
     try:
-        run = runner.run(out_dir, eval_npz, scratch / f"run_{name}", warmup=opts.warmup, runs=opts.runs,
-                         threads=opts.threads, timeout=opts.timeout_s)
+        run = runner.run(
+            out_dir,
+            eval_npz,
+            scratch / f"run_{name}",
+            warmup=opts.warmup,
+            runs=opts.runs,
+            threads=opts.threads,
+            timeout=opts.timeout_s,
+        )
         row["accuracy"] = compare(reference, run.outputs, evalset.labels)
     except (RunnerError, ValueError) as exc:
         row["reason"] = f"built, but the check failed: {one_line(exc)}"
@@ -354,10 +469,12 @@ def _not_verified(target: Target, runner: Runner) -> list[str]:
 
     notes = []
     if runner.name == "host" and target.arch != platform.machine():
-        notes.append(f"builds for {target.name} ({target.arch}) were checked on this {platform.machine()} host, "
-                     f"not on {target.arch}: TFLite/ONNX/OpenVINO files are the same artifacts with host kernels, "
-                     f"and TVM's {target.arch} library was cross-compiled but not executed (its host twin was); "
-                     f"latencies are host latencies, not {target.name} latencies")
+        notes.append(
+            f"builds for {target.name} ({target.arch}) were checked on this {platform.machine()} host, "
+            f"not on {target.arch}: TFLite/ONNX/OpenVINO files are the same artifacts with host kernels, "
+            f"and TVM's {target.arch} library was cross-compiled but not executed (its host twin was); "
+            f"latencies are host latencies, not {target.name} latencies"
+        )
     return notes
 
 

@@ -8,8 +8,19 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-COLUMNS = ("backend", "precision", "device", "size", "cosine", "top-1 agr.", "task acc.", "p50 ms", "p90 ms",
-           "speedup", "status")
+COLUMNS = (
+    "backend",
+    "precision",
+    "device",
+    "size",
+    "cosine",
+    "top-1 agr.",
+    "task acc.",
+    "p50 ms",
+    "p90 ms",
+    "speedup",
+    "status",
+)
 
 
 def _mb(n: int | None) -> str:
@@ -24,11 +35,15 @@ def _cells(row: dict) -> list[str]:
         status = "BUDGET"
     emulated = " (emu)" if row.get("latency_kind") == "emulated" else ""
     return [
-        row["backend"], row["precision"], row["device"], _mb(row.get("size_bytes")),
+        row["backend"],
+        row["precision"],
+        row["device"],
+        _mb(row.get("size_bytes")),
         f"{acc['cosine']:.5f}" if "cosine" in acc else "—",
         f"{acc['top1_agreement'] * 100:.1f}%" if "top1_agreement" in acc else "—",
         f"{task['build'] * 100:.1f}% (orig {task['original'] * 100:.1f}%)" if task else "—",
-        f"{lat['p50']:.3f}{emulated}" if lat else "—", f"{lat['p90']:.3f}" if lat else "—",
+        f"{lat['p50']:.3f}{emulated}" if lat else "—",
+        f"{lat['p90']:.3f}" if lat else "—",
         f"{row['speedup_vs_original']:.2f}×" if row.get("speedup_vs_original") else "—",
         status,
     ]
@@ -37,22 +52,43 @@ def _cells(row: dict) -> list[str]:
 def _original_cells(report: dict) -> list[str]:
     o = report["original"]
     lat = o["latency_ms"]
-    return [f"original ({o['framework']})", "fp32", o["device"], _mb(o["size_bytes"]), "1", "100%", "—",
-            f"{lat['p50']:.3f}", f"{lat['p90']:.3f}", "1.00×", "ref"]
+    task = f"{o['task_metric']['value'] * 100:.1f}%" if "task_metric" in o else "—"
+    return [
+        f"original ({o['framework']})",
+        "fp32",
+        o["device"],
+        _mb(o["size_bytes"]),
+        "1",
+        "100%",
+        task,
+        f"{lat['p50']:.3f}",
+        f"{lat['p90']:.3f}",
+        "1.00×",
+        "ref",
+    ]
 
 
 def markdown(report: dict) -> str:
     t = report["target"]
-    lines = [f"# edgekit report — target {t['name']} ({t['triple']})", "",
-             f"Checked by: {report['runner']}. Held-out samples: {report['data']['evaluation']['samples']} "
-             f"from `{report['data']['evaluation']['source']}`; calibration: {report['data']['calibration']['samples']} "
-             f"samples from `{report['data']['calibration']['source']}`. Latency: {report['settings']['warmup']} "
-             f"warm-up + {report['settings']['runs']} timed runs, {report['settings']['threads']} thread(s).", "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS),
-             "| " + " | ".join(_original_cells(report)) + " |"]
+    lines = [
+        f"# edgekit report — target {t['name']} ({t['triple']})",
+        "",
+        f"Checked by: {report['runner']}. Held-out samples: {report['data']['evaluation']['samples']} "
+        f"from `{report['data']['evaluation']['source']}`; calibration: {report['data']['calibration']['samples']} "
+        f"samples from `{report['data']['calibration']['source']}`. Latency: {report['settings']['warmup']} "
+        f"warm-up + {report['settings']['runs']} timed runs, {report['settings']['threads']} thread(s).",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+        "| " + " | ".join(_original_cells(report)) + " |",
+    ]
     lines += ["| " + " | ".join(_cells(r)) + " |" for r in report["builds"]]
-    lines += ["", f"ONNX export check: cosine {report['onnx']['check']['cosine_min']:.6f} (worst sample), "
-              f"max abs {report['onnx']['check']['max_abs']:.3g}.", ""]
+    lines += [
+        "",
+        f"ONNX export check: cosine {report['onnx']['check']['cosine_min']:.6f} (worst sample), "
+        f"max abs {report['onnx']['check']['max_abs']:.3g}.",
+        "",
+    ]
     details = []
     for r in report["builds"]:
         bits = []
@@ -83,6 +119,8 @@ def write_report(report: dict, folder: Path) -> None:
 
 def print_table(report: dict, console: Console | None = None) -> None:
     console = console or Console()
+    if not console.is_terminal:  # CI logs and pipes: do not squeeze the table into 80 columns
+        console.width = max(console.width, 160)
     t = report["target"]
     table = Table(title=f"edgekit · target {t['name']} · checked by {report['runner']}")
     for col in COLUMNS:

@@ -37,8 +37,9 @@ class Runner(ABC):
     emulated = False
 
     @abstractmethod
-    def run(self, build_dir: Path, inputs: Path, work: Path, *, warmup: int, runs: int, threads: int,
-            timeout: float) -> RunResult:
+    def run(
+        self, build_dir: Path, inputs: Path, work: Path, *, warmup: int, runs: int, threads: int, timeout: float
+    ) -> RunResult:
         """Run the build in ``build_dir`` on ``inputs`` (npz) and return its outputs and timings."""
 
     def describe(self) -> str:
@@ -66,11 +67,23 @@ class HostRunner(Runner):
     def describe(self) -> str:
         return f"host ({platform.machine()})"
 
-    def run(self, build_dir: Path, inputs: Path, work: Path, *, warmup: int, runs: int, threads: int,
-            timeout: float) -> RunResult:
+    def run(
+        self, build_dir: Path, inputs: Path, work: Path, *, warmup: int, runs: int, threads: int, timeout: float
+    ) -> RunResult:
         out = work / "run"
-        cmd = [sys.executable, str(RUNNER_SCRIPT), str(build_dir), str(inputs), str(out),
-               "--warmup", str(warmup), "--runs", str(runs), "--threads", str(threads)]
+        cmd = [
+            sys.executable,
+            str(RUNNER_SCRIPT),
+            str(build_dir),
+            str(inputs),
+            str(out),
+            "--warmup",
+            str(warmup),
+            "--runs",
+            str(runs),
+            "--threads",
+            str(threads),
+        ]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired as exc:

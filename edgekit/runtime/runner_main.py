@@ -76,8 +76,9 @@ def load_onnxruntime(build_dir: Path, manifest: dict, threads: int):
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(str(build_dir / manifest["artifacts"]["model"]), opts,
-                                providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        str(build_dir / manifest["artifacts"]["model"]), opts, providers=["CPUExecutionProvider"]
+    )
     names = [o["name"] for o in manifest["outputs"]]
     return (lambda feed: sess.run(names, feed)), "onnxruntime " + ort.__version__
 
@@ -86,8 +87,11 @@ def load_openvino(build_dir: Path, manifest: dict, threads: int):
     import openvino as ov
 
     core = ov.Core()
-    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
-              "INFERENCE_PRECISION_HINT": manifest.get("inference_precision", "f32")}
+    config = {
+        "INFERENCE_NUM_THREADS": threads,
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": manifest.get("inference_precision", "f32"),
+    }
     compiled = core.compile_model(str(build_dir / manifest["artifacts"]["model"]), "CPU", config)
     request = compiled.create_infer_request()
     outputs = [compiled.output(o["name"]) for o in manifest["outputs"]]
@@ -162,8 +166,13 @@ def device_facts() -> dict:
                 break
     except OSError:
         pass
-    return {"machine": platform.machine(), "cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(),
-            "python": platform.python_version()}
+    return {
+        "machine": platform.machine(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,12 +206,20 @@ def main(argv: list[str] | None = None) -> int:
         times.append((time.perf_counter_ns() - t0) / 1e6)
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(args.out_dir / "outputs.npz",
-             **{f"output_{j}": np.concatenate([o[j] for o in outputs]) for j in range(len(first))})
+    np.savez(
+        args.out_dir / "outputs.npz",
+        **{f"output_{j}": np.concatenate([o[j] for o in outputs]) for j in range(len(first))},
+    )
     result = {
-        "runtime": runtime, "threads": args.threads, "warmup": args.warmup, "runs": args.runs,
-        "load_s": load_s, "first_inference_ms": first_s * 1e3, "latencies_ms": times,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "device": device_facts(),
+        "runtime": runtime,
+        "threads": args.threads,
+        "warmup": args.warmup,
+        "runs": args.runs,
+        "load_s": load_s,
+        "first_inference_ms": first_s * 1e3,
+        "latencies_ms": times,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "device": device_facts(),
     }
     if hasattr(run, "runtime_precisions"):
         result["runtime_precisions"] = run.runtime_precisions()

@@ -1,0 +1,227 @@
+"""The vertical slice for real: a CNN trained on real digits → every backend → checked on the host."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from edgekit.converters import BACKENDS
+from typer.testing import CliRunner
+
+from edgekit import ConvertOptions, convert
+from edgekit.cli import app
+from edgekit.runtime.runner_main import load_build
+
+runner = CliRunner()
+ELF_MACHINE = {"aarch64": 183, "x86_64": 62}
+
+
+def _elf_machine(path) -> int:
+    return int.from_bytes(path.read_bytes()[18:20], "little")
+
+
+@pytest.fixture(scope="module")
+def arm64_int8(tmp_path_factory, cnn_case):
+    out = tmp_path_factory.mktemp("arm64") / "build"
+    result = runner.invoke(
+        app,
+        [
+            "convert",
+            "edgekit.models.small_cnn:SmallCNN",
+            "--weights",
+            str(cnn_case["weights"]),
+            "--target",
+            "arm64",
+            "--calib",
+            str(cnn_case["calib"]),
+            "--eval",
+            str(cnn_case["eval"]),
+            "--eval-size",
+            "300",
+            "--out",
+            str(out),
+            "--runs",
+            "20",
+            "--warmup",
+            "3",
+            "--min-top1-agreement",
+            "0.95",
+        ],
+    )
+    return result, out
+
+
+def test_every_backend_builds_runs_and_agrees(arm64_int8, cnn_case):
+    result, out = arm64_int8
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["original"]["framework"] == "pytorch"
+    assert set(report["original"]["latency_ms"]) >= {"p50", "p90", "p99"}
+    assert report["data"]["evaluation"] == {"source": str(cnn_case["eval"]), "samples": 300, "labels": True}
+    builds = {b["backend"]: b for b in report["builds"]}
+    assert set(builds) == set(BACKENDS)
+    for b in builds.values():
+        assert b["status"] == "ok", b
+        assert b["precision"] == "int8" and b["target"] == "arm64"
+        assert b["latency_ms"]["n"] == 20 and b["latency_ms"]["p50"] <= b["latency_ms"]["p99"]
+        acc = b["accuracy"]
+        assert acc["top1_agreement"] >= 0.95 and acc["cosine"] > 0.98
+        task = acc["task_metric"]
+        assert task["original"] == pytest.approx(report["original"]["task_metric"]["value"])
+        assert task["build"] >= task["original"] - 0.03
+        for rel in b["artifacts"]:
+            assert (out / rel).is_file()
+        assert b["size_bytes"] > 0
+    assert (
+        builds["openvino"]["runtime_precisions"].get("u8", 0) + builds["openvino"]["runtime_precisions"].get("i8", 0)
+        > 0
+    )
+    tvm = out / "tvm_int8"
+    manifest = json.loads((tvm / "build.json").read_text())
+    assert _elf_machine(tvm / manifest["artifacts"]["aarch64"]) == ELF_MACHINE["aarch64"]
+    assert _elf_machine(tvm / manifest["artifacts"]["x86_64"]) == ELF_MACHINE["x86_64"]
+    assert "checked on this x86_64 host" in report["not_verified"][0]
+    md = (out / "report.md").read_text()
+    assert "| tflite | int8 |" in md and "## Not verified" in md
+
+
+def test_the_int8_tflite_is_really_integer(arm64_int8, cnn_case):
+    from ai_edge_litert.interpreter import Interpreter
+
+    _, out = arm64_int8
+    interp = Interpreter(model_path=str(out / "tflite_int8" / "model_int8.tflite"))
+    assert interp.get_input_details()[0]["dtype"] == np.int8
+    assert interp.get_input_details()[0]["shape"].tolist() == [1, 8, 8, 1]  # channels-last
+    run, _ = load_build(out / "tflite_int8", threads=1)
+    x = np.load(cnn_case["eval"])["input"][:1]
+    with torch.inference_mode():
+        ref = cnn_case["model"](torch.from_numpy(x)).numpy()
+    assert run({"x": x})[0].argmax() == ref.argmax()
+
+
+def test_budget_miss_exits_1(tmp_path, cnn_case):
+    opts = ConvertOptions(
+        model="edgekit.models.small_cnn:SmallCNN",
+        weights=cnn_case["weights"],
+        target="host",
+        calib=cnn_case["calib"],
+        out=tmp_path / "o",
+        backends=("onnxruntime",),
+        runs=5,
+        warmup=1,
+    )
+    from edgekit.pipeline import Budgets
+    from edgekit.report import exit_code
+
+    opts.budgets = Budgets(min_cosine=0.999999999, max_latency_ms=1e-6)
+    report = convert(opts)
+    row = report["builds"][0]
+    assert row["status"] == "ok" and not row["budget"]["passed"]
+    assert any("cosine" in v for v in row["budget"]["violations"])
+    assert any("p50" in v for v in row["budget"]["violations"])
+    assert exit_code(report) == 1
+
+
+def test_one_failing_backend_does_not_sink_the_others(tmp_path, cnn_case):
+    target = tmp_path / "armish.toml"
+    target.write_text(
+        'name = "armish"\ntriple = "aarch64-linux-gnu"\narch = "aarch64"\n'
+        'backends = ["onnxruntime", "tvm"]\ndefault_precision = "fp32"\n'
+        'cross_compiler = "no-such-g++"\n'
+    )
+    result = runner.invoke(
+        app,
+        [
+            "convert",
+            "edgekit.models.small_cnn:SmallCNN",
+            "--weights",
+            str(cnn_case["weights"]),
+            "--target",
+            str(target),
+            "--calib",
+            str(cnn_case["calib"]),
+            "--out",
+            str(tmp_path / "o"),
+            "--runs",
+            "3",
+            "--warmup",
+            "0",
+        ],
+    )
+    assert result.exit_code == 1, result.output
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    rows = {b["backend"]: b for b in report["builds"]}
+    assert rows["onnxruntime"]["status"] == "ok"
+    assert rows["tvm"]["status"] == "failed" and "no-such-g++" in rows["tvm"]["reason"]
+    assert not (tmp_path / "o" / "tvm_fp32").exists()
+
+
+def test_onnx_torchscript_and_export_sources(tmp_path, cnn_case):
+    model, x = cnn_case["model"], torch.zeros(1, 1, 8, 8)
+    torch.onnx.export(model, (x,), str(tmp_path / "m.onnx"), input_names=["pixels"], dynamo=True)
+    torch.jit.save(torch.jit.trace(model, x), str(tmp_path / "m.ts"))
+    torch.export.save(torch.export.export(model, (x,)), str(tmp_path / "m.pt2"))
+    for path, framework in (("m.onnx", "onnx"), ("m.ts", "torchscript"), ("m.pt2", "torch.export")):
+        report = convert(
+            ConvertOptions(
+                model=str(tmp_path / path),
+                target="host",
+                calib=cnn_case["calib"],
+                eval=cnn_case["eval"],
+                out=tmp_path / f"o_{framework}",
+                backends=("onnxruntime", "tvm"),
+                precisions=("fp32",),
+                runs=3,
+                warmup=0,
+            )
+        )
+        assert report["original"]["framework"] == framework
+        for row in report["builds"]:
+            assert row["status"] == "ok", row
+            assert row["accuracy"]["max_abs"] < 1e-4 and row["accuracy"]["top1_agreement"] == 1.0
+
+
+class TokenEncoder(torch.nn.Module):
+    """A two-input encoder: int64 token ids and an attention mask → pooled embedding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Embedding(50, 32)
+        self.layer = torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True, dropout=0.0)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.layer(self.embed(input_ids))
+        m = attention_mask.unsqueeze(-1).to(h.dtype)
+        return (h * m).sum(1) / m.sum(1)
+
+
+def build_encoder() -> torch.nn.Module:
+    return TokenEncoder().eval()
+
+
+def test_multi_input_int64_encoder(tmp_path, digits):
+    # Token ids taken from real data: the digits' pixel intensities (0–16) as a 16-token sequence.
+    x, _ = digits
+    ids = np.rint(x[:40, 0, :2].reshape(40, 16) * 16).astype(np.int64)
+    mask = np.ones_like(ids)
+    mask[::3, 12:] = 0
+    np.savez(tmp_path / "tokens.npz", input_ids=ids, attention_mask=mask)
+    report = convert(
+        ConvertOptions(
+            model="tests.test_convert:build_encoder",
+            target="host",
+            calib=tmp_path / "tokens.npz",
+            out=tmp_path / "o",
+            precisions=("fp32",),
+            backends=("onnxruntime", "openvino", "tvm"),
+            runs=3,
+            warmup=0,
+        )
+    )
+    assert [s["dtype"] for s in report["model"]["inputs"]] == ["int64", "int64"]
+    for row in report["builds"]:
+        assert row["status"] == "ok", row
+        assert row["accuracy"]["cosine_min"] > 0.9999

@@ -1,0 +1,99 @@
+"""Units: data loading, accuracy metrics, latency statistics and target files."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekit.data import ImagePreprocess, TensorSpec, load_dataset
+from edgekit.errors import EdgekitError
+from edgekit.metrics import compare, latency_stats
+from edgekit.target import list_targets, load_target
+
+PHOTOS = Path(str(resources.files("edgekit.calib_data") / "photos"))
+
+
+def test_npz_single_array_takes_the_input_name(tmp_path):
+    np.savez(tmp_path / "d.npz", whatever=np.ones((4, 1, 8, 8), np.float32), labels=np.arange(4))
+    ds = load_dataset(tmp_path / "d.npz", [TensorSpec("x", (1, 1, 8, 8), "float32")])
+    assert list(ds.inputs) == ["x"] and len(ds) == 4 and ds.labels.tolist() == [0, 1, 2, 3]
+
+
+def test_npz_names_must_match_a_multi_input_model(tmp_path):
+    np.savez(tmp_path / "d.npz", a=np.ones((2, 3)), b=np.ones((2, 3)))
+    specs = [TensorSpec("ids", (1, 3), "int64"), TensorSpec("mask", (1, 3), "int64")]
+    with pytest.raises(EdgekitError, match="needs inputs"):
+        load_dataset(tmp_path / "d.npz", specs)
+
+
+def test_wrong_sample_shape_is_named(tmp_path):
+    np.save(tmp_path / "d.npy", np.ones((3, 1, 9, 9), np.float32))
+    with pytest.raises(EdgekitError, match=r"sample shape \(1, 9, 9\).*expects \(1, 8, 8\)"):
+        load_dataset(tmp_path / "d.npy", [TensorSpec("x", (1, 1, 8, 8), "float32")])
+
+
+def test_corrupt_npz_is_reported(tmp_path):
+    (tmp_path / "d.npz").write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(EdgekitError, match="cannot be read"):
+        load_dataset(tmp_path / "d.npz", None)
+
+
+def test_image_folder_ten_crops_real_photos():
+    spec = TensorSpec("image", (1, 3, 224, 224), "float32")
+    ds = load_dataset(PHOTOS, [spec], ImagePreprocess((127.0,) * 3, (128.0,) * 3, ten_crop=True))
+    n_photos = len(list(PHOTOS.glob("*.jpg")))
+    x = ds.inputs["image"]
+    assert x.shape == (10 * n_photos, 3, 224, 224)
+    assert -1.0 <= x.min() < -0.5 and 0.5 < x.max() <= 1.0
+    np.testing.assert_allclose(x[5], x[0][:, :, ::-1])  # sixth crop mirrors the centre crop
+
+
+def test_empty_image_folder(tmp_path):
+    with pytest.raises(EdgekitError, match="contains no images"):
+        load_dataset(tmp_path, [TensorSpec("image", (1, 3, 8, 8), "float32")])
+
+
+def test_compare_metrics():
+    ref = np.array([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 3.0]])
+    out = np.array([[1.0, 0.1, 0.0], [0.0, 2.0, 0.0], [3.0, 0.0, 0.0]])
+    acc = compare([ref], [out], labels=np.array([0, 1, 1]))
+    assert acc["max_abs"] == pytest.approx(3.0)
+    assert acc["cosine_min"] == pytest.approx(0.0)
+    assert acc["top1_agreement"] == pytest.approx(2 / 3)
+    assert acc["task_metric"] == {
+        "name": "top1_accuracy",
+        "original": pytest.approx(2 / 3),
+        "build": pytest.approx(2 / 3),
+    }
+    with pytest.raises(ValueError, match="shape"):
+        compare([ref], [out[:, :2]])
+
+
+def test_latency_stats():
+    stats = latency_stats(list(range(1, 101)))
+    assert stats["p50"] == pytest.approx(50.5) and stats["p90"] == pytest.approx(90.1) and stats["n"] == 100
+
+
+def test_targets_are_declarative():
+    names = [t.name for t in list_targets()]
+    assert {"arm64", "host"} <= set(names)
+    arm = load_target("arm64")
+    assert arm.tvm_target() == {
+        "kind": "llvm",
+        "mtriple": "aarch64-linux-gnu",
+        "mcpu": "cortex-a72",
+        "mattr": ["+neon"],
+    }
+    assert arm.default_precision == "int8" and "tvm" in arm.backends
+
+
+def test_unknown_target(tmp_path):
+    with pytest.raises(EdgekitError, match="unknown target 'riscv'"):
+        load_target("riscv")
+    bad = tmp_path / "t.toml"
+    bad.write_text("name = ")
+    with pytest.raises(EdgekitError, match="not valid TOML"):
+        load_target(str(bad))
