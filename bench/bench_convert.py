@@ -40,6 +40,7 @@ def main() -> None:
                 image=ImagePreprocess((127.0,) * 3, (128.0,) * 3, ten_crop=True),
                 calib_size=64,
                 eval_size=66,
+                device="host",
                 runs=args.runs,
                 warmup=10,
             ),
@@ -80,9 +81,10 @@ def main() -> None:
         )
     ok_int8 = [r for r, b in zip(rows[1:], report["builds"], strict=True) if b["precision"] == "int8" and r["p50_ms"]]
     best = min(ok_int8, key=lambda r: r["p50_ms"]) if ok_int8 else None
+    facts = next((b["device_facts"] for b in report["builds"] if b.get("device_facts")), {})
     results = {
         "machine": {
-            "cpu": report["builds"][0].get("device_facts", {}).get("cpu"),
+            "cpu": facts.get("cpu"),
             "cores": report["settings"]["threads"],
             "python": platform.python_version(),
         },

@@ -50,8 +50,6 @@ class TfliteConverter(Converter):
                 np.save(work / f"calib_{pos}.npy", data.astype(np.float32))
                 mean, std = (json.dumps(np.full((1,) * data.ndim, v).tolist()) for v in (0.0, 1.0))
                 cmd += ["-cind", spec.name, f"calib_{pos}.npy", mean, std]
-            # Present so that onnx2tf never reaches for its internet sample; holds our real calibration data.
-            np.save(work / SAMPLE_FILE, ctx.calib.inputs[ctx.inputs[0].name][:20].astype(np.float32))
             quant = (
                 f"full-integer int8 (int8 inputs/outputs), per-channel weights, "
                 f"{len(ctx.calib)} calibration samples (onnx2tf/TFLiteConverter)"
@@ -63,6 +61,9 @@ class TfliteConverter(Converter):
             notes.append("built as dynamic-range int8: onnx2tf calibrates only float inputs")
         elif ctx.precision == "fp16":
             quant = "fp16 weights, fp32 compute where the delegate lacks fp16"
+        # onnx2tf fetches a sample file from the internet unless this file is in its working folder (for every
+        # precision): give it our real calibration data instead.
+        np.save(work / SAMPLE_FILE, ctx.calib.inputs[ctx.inputs[0].name][:20].astype(np.float32))
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "-1", "PYTHONWARNINGS": "ignore"}
         proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=ONNX2TF_TIMEOUT_S)
         produced = sorted((work / "out").glob(f"*_{SUFFIX[variant]}.tflite")) if (work / "out").exists() else []

@@ -16,7 +16,7 @@ from edgekit.data import ImagePreprocess
 from edgekit.errors import EdgekitError
 from edgekit.pipeline import Budgets, ConvertOptions, convert
 from edgekit.report import exit_code, print_table
-from edgekit.target import list_targets
+from edgekit.target import list_targets, load_target
 
 app = typer.Typer(
     add_completion=False,
@@ -74,7 +74,7 @@ def convert_cmd(
     weights: Annotated[Path | None, typer.Option(help="state dict for module:callable (weights_only)")] = None,
     precision: Annotated[str | None, typer.Option(help="fp32|fp16|int8, comma-separated; default from target")] = None,
     backends: Annotated[str | None, typer.Option(help="tflite,onnxruntime,openvino,tvm; default from target")] = None,
-    device: Annotated[str | None, typer.Option(help="where builds run: host")] = None,
+    device: Annotated[str | None, typer.Option(help="where builds run: host | emulated; default from target")] = None,
     input_shape: Annotated[list[str] | None, typer.Option(help="[NAME:]1x3x224x224[:dtype], repeatable")] = None,
     mean: Annotated[str, typer.Option(help="image folders: per-channel pixel mean")] = "0",
     std: Annotated[str, typer.Option(help="image folders: per-channel pixel std")] = "255",
@@ -124,6 +124,7 @@ def demo(
     target: Annotated[str, typer.Option(help="target name")] = "arm64",
     out: Annotated[Path, typer.Option(help="output folder")] = Path("build/demo"),
     precision: Annotated[str | None, typer.Option(help="fp32|fp16|int8, comma-separated")] = None,
+    device: Annotated[str | None, typer.Option(help="host | emulated; default from target")] = None,
     runs: Annotated[int, typer.Option(help="timed runs per build")] = 50,
 ) -> None:
     """Run the whole pipeline on the bundled EfficientNet-Lite0 (ImageNet weights) and bundled real photos."""
@@ -142,6 +143,25 @@ def demo(
             runs=runs,
         )
     )
+
+
+@app.command()
+def device(
+    action: Annotated[str, typer.Argument(help="prepare: assemble (or find) the cached emulated device")],
+    target: Annotated[str, typer.Option(help="target whose emulated device to prepare")] = "arm64",
+) -> None:
+    """Manage the emulated ARM device (cached under $EDGEKIT_CACHE or ~/.cache/edgekit)."""
+    from edgekit import emulator
+
+    if action != "prepare":
+        err.print(f"[bold red]error:[/] unknown action '{action}' — fix: use `edgekit device prepare`")
+        raise typer.Exit(2)
+    try:
+        root = emulator.prepare(load_target(target).arch, log=err.log)
+    except EdgekitError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from exc
+    Console().print(f"emulated {target} device ready: {root}")
 
 
 @app.command()

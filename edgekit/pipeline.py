@@ -80,9 +80,10 @@ def convert(opts: ConvertOptions, log: Log = lambda msg: None) -> dict:
     for b in backends:
         if b not in BACKENDS:
             raise EdgekitError(f"unknown backend '{b}'", f"use one or more of {', '.join(BACKENDS)}")
-    runner = get_runner(opts.device or target.runner)
     if opts.runs < 1 or opts.warmup < 0:
         raise EdgekitError("--runs must be ≥ 1 and --warmup ≥ 0", "pass sensible repetition counts")
+    runner = get_runner(opts.device or target.runner, target)
+    runner.prepare(log)
 
     log(f"loading {opts.model}")
     source = load_model(opts.model, opts.weights)
@@ -354,7 +355,7 @@ def _build_and_check(
         "backend": backend,
         "precision": precision,
         "target": target.name,
-        "device": runner.describe(),
+        "device": runner.label(),
         "status": "failed",
         "artifacts": [],
         "size_bytes": None,
@@ -413,13 +414,14 @@ def _build_and_check(
     row["artifacts"] = [str(p.relative_to(staged)) for p in files]
     deployable = [out_dir / f for key, f in build["artifacts"].items() if key in ("model", "weights", target.arch)]
     row["size_bytes"] = sum(p.stat().st_size for p in deployable)
+    warmup, runs = runner.repetitions(opts.warmup, opts.runs)
     try:
         run = runner.run(
             out_dir,
             eval_npz,
             scratch / f"run_{name}",
-            warmup=opts.warmup,
-            runs=opts.runs,
+            warmup=warmup,
+            runs=runs,
             threads=opts.threads,
             timeout=opts.timeout_s,
         )
@@ -435,10 +437,11 @@ def _build_and_check(
     row["peak_rss_mb"] = info["peak_rss_mb"]
     row["runtime"] = info["runtime"]
     row["threads"] = info["threads"]
+    row["runs"], row["warmup"] = info["runs"], info["warmup"]
     row["device_facts"] = info["device"]
     if "runtime_precisions" in info:
         row["runtime_precisions"] = info["runtime_precisions"]
-    if runner.name == "host" and not runner.emulated:
+    if runner.name == "host":
         row["speedup_vs_original"] = original["latency_ms"]["p50"] / row["latency_ms"]["p50"]
     row["status"] = "ok"
     row["budget"] = _check_budgets(row, opts.budgets)
@@ -468,6 +471,13 @@ def _not_verified(target: Target, runner: Runner) -> list[str]:
     import platform
 
     notes = []
+    if runner.emulated:
+        notes.append(
+            f"outputs and accuracy come from the {target.arch} builds running in an emulated device "
+            f"({runner.describe()}); its latencies are emulation latencies (10–400× slower than a real "
+            f"core, run count reduced to ≤ {runner.MAX_RUNS}): compare builds with them, never quote them "
+            "as device latency; no speed-up against the host-measured original is given"
+        )
     if runner.name == "host" and target.arch != platform.machine():
         notes.append(
             f"builds for {target.name} ({target.arch}) were checked on this {platform.machine()} host, "

@@ -53,7 +53,7 @@ def arm64_int8(tmp_path_factory, cnn_case):
     return result, out
 
 
-def test_every_backend_builds_runs_and_agrees(arm64_int8, cnn_case):
+def test_every_backend_builds_runs_on_the_emulated_arm64_device_and_agrees(arm64_int8, cnn_case):
     result, out = arm64_int8
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
@@ -65,7 +65,10 @@ def test_every_backend_builds_runs_and_agrees(arm64_int8, cnn_case):
     for b in builds.values():
         assert b["status"] == "ok", b
         assert b["precision"] == "int8" and b["target"] == "arm64"
-        assert b["latency_ms"]["n"] == 20 and b["latency_ms"]["p50"] <= b["latency_ms"]["p99"]
+        # Emulated latency is labelled as such and the run count is capped under emulation.
+        assert b["latency_kind"] == "emulated" and b["runs"] == 10 and b["latency_ms"]["n"] == 10
+        assert "speedup_vs_original" not in b
+        assert b["device_facts"]["machine"] == "aarch64" and b["device_facts"]["cpu"] == "Cortex-A72"
         acc = b["accuracy"]
         assert acc["top1_agreement"] >= 0.95 and acc["cosine"] > 0.98
         task = acc["task_metric"]
@@ -82,7 +85,8 @@ def test_every_backend_builds_runs_and_agrees(arm64_int8, cnn_case):
     manifest = json.loads((tvm / "build.json").read_text())
     assert _elf_machine(tvm / manifest["artifacts"]["aarch64"]) == ELF_MACHINE["aarch64"]
     assert _elf_machine(tvm / manifest["artifacts"]["x86_64"]) == ELF_MACHINE["x86_64"]
-    assert "checked on this x86_64 host" in report["not_verified"][0]
+    assert report["runner"].startswith("emulated aarch64 cortex-a72 (qemu")
+    assert "emulation latencies" in report["not_verified"][0]
     md = (out / "report.md").read_text()
     assert "| tflite | int8 |" in md and "## Not verified" in md
 
@@ -225,3 +229,33 @@ def test_multi_input_int64_encoder(tmp_path, digits):
     for row in report["builds"]:
         assert row["status"] == "ok", row
         assert row["accuracy"]["cosine_min"] > 0.9999
+
+
+def test_emulated_device_rejects_a_build_for_the_wrong_architecture(tmp_path, cnn_case):
+    from edgekit.runners import EmulatedRunner, RunnerError
+    from edgekit.target import load_target
+
+    report = convert(
+        ConvertOptions(
+            model="edgekit.models.small_cnn:SmallCNN",
+            weights=cnn_case["weights"],
+            target="host",
+            calib=cnn_case["calib"],
+            out=tmp_path / "o",
+            backends=("tvm",),
+            precisions=("fp32",),
+            runs=2,
+            warmup=0,
+        )
+    )
+    assert report["builds"][0]["status"] == "ok"
+    np.savez(tmp_path / "in.npz", x=np.load(cnn_case["eval"])["input"][:2])
+    device = EmulatedRunner(load_target("arm64"))
+    with pytest.raises(RunnerError, match="no library for aarch64"):
+        device.run(
+            tmp_path / "o" / "tvm_fp32", tmp_path / "in.npz", tmp_path / "w", warmup=0, runs=1, threads=1, timeout=300
+        )
+    with pytest.raises(RunnerError, match="timed out"):
+        device.run(
+            tmp_path / "o" / "tvm_fp32", tmp_path / "in.npz", tmp_path / "w2", warmup=0, runs=1, threads=1, timeout=0.2
+        )

@@ -155,14 +155,29 @@ def _dist_version(name: str) -> str:
         return "?"
 
 
+ARM_PARTS = {
+    "0xd03": "Cortex-A53",
+    "0xd05": "Cortex-A55",
+    "0xd07": "Cortex-A57",
+    "0xd08": "Cortex-A72",
+    "0xd0b": "Cortex-A76",
+    "0xd0c": "Neoverse-N1",
+    "0xd40": "Neoverse-V1",
+    "0xd4b": "Cortex-A78C",
+}
+
+
 def device_facts() -> dict:
     """CPU model, cores, kernel, Python and machine of the device this runs on."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key = line.split(":")[0].strip().lower()
-            if key in ("model name", "hardware", "cpu part") and ":" in line:
-                cpu = line.split(":", 1)[1].strip()
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key.lower() in ("model name", "hardware"):
+                cpu = value
+                break
+            if key.lower() == "cpu part":
+                cpu = ARM_PARTS.get(value, f"Arm CPU part {value}")
                 break
     except OSError:
         pass

@@ -1,0 +1,253 @@
+"""The emulated ARM device: a real Debian aarch64 userland with the runtimes, run by qemu user mode.
+
+The image is assembled only from registry packages (Debian ``.deb``s fetched with a private APT
+configuration and unpacked with ``dpkg-deb -x``; aarch64 wheels from PyPI), without running target
+code, and cached under ``$EDGEKIT_CACHE`` (default ``~/.cache/edgekit``) in a folder keyed by a hash
+of its pinned contents. qemu 7.2 does not emulate ``/proc/cpuinfo`` or the MIDR sysfs entry, which
+onnxruntime and OpenVINO read, so the image carries ARM versions of both for the emulated CPU.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from edgekit.errors import EdgekitError
+
+# CPU part numbers (MIDR_EL1) and /proc/cpuinfo features of the CPUs a target file may name.
+ARM_CPUS = {
+    "cortex-a53": ("0xd03", 0, 4, "fp asimd evtstrm crc32 cpuid"),
+    "cortex-a55": (
+        "0xd05",
+        2,
+        0,
+        "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp",
+    ),
+    "cortex-a72": ("0xd08", 0, 3, "fp asimd evtstrm crc32 cpuid"),
+    "cortex-a76": (
+        "0xd0b",
+        4,
+        1,
+        "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp",
+    ),
+    "neoverse-n1": (
+        "0xd0c",
+        3,
+        1,
+        "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp",
+    ),
+}
+COMPLETE = ".edgekit-image.json"
+
+
+@dataclass(frozen=True)
+class DeviceImage:
+    """Pinned contents of an emulated device userland."""
+
+    arch: str
+    debian_arch: str
+    suite: str
+    qemu: str
+    python: str
+    debs: tuple[str, ...]
+    wheels: tuple[str, ...]
+    wheel_platforms: tuple[str, ...]
+    python_version: str
+    drop: tuple[str, ...]  # files not needed on a device (compiler libraries), removed after install
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+AARCH64 = DeviceImage(
+    arch="aarch64",
+    debian_arch="arm64",
+    suite="bookworm",
+    qemu="qemu-aarch64-static",
+    python="usr/bin/python3.11",
+    debs=("python3.11", "libstdc++6", "libgomp1"),
+    wheels=(
+        "numpy==2.4.6",
+        "onnxruntime==1.31.1",
+        "ai-edge-litert==2.3.0",
+        "openvino==2026.4.1",
+        "apache-tvm==0.27.0.post1",
+        "apache-tvm-ffi==0.1.15.post2",
+        "typing_extensions==4.16.0",
+    ),
+    wheel_platforms=(
+        *(f"manylinux_2_{n}_aarch64" for n in (36, 35, 34, 31, 28, 27, 26, 24, 17)),
+        "manylinux2014_aarch64",
+    ),
+    python_version="3.11",
+    drop=("opt/edgekit/site/tvm/lib/libtvm_compiler.so", "opt/edgekit/site/tvm/lib/libtvm_runtime_cuda.so"),
+)
+IMAGES = {"aarch64": AARCH64}
+SITE = "/opt/edgekit/site"
+Log = Callable[[str], None]
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("EDGEKIT_CACHE") or Path.home() / ".cache" / "edgekit")
+
+
+def image_for(arch: str) -> DeviceImage:
+    if arch not in IMAGES:
+        raise EdgekitError(
+            f"no emulated device for {arch}", f"use --device host or ssh://…; emulated: {sorted(IMAGES)}"
+        )
+    return IMAGES[arch]
+
+
+def qemu_binary(image: DeviceImage) -> str:
+    path = shutil.which(image.qemu)
+    if path is None:
+        raise EdgekitError(
+            f"{image.qemu} is not installed (needed for the emulated {image.arch} device)",
+            "apt-get install qemu-user-static, or run with --device host",
+        )
+    return path
+
+
+def qemu_version(image: DeviceImage) -> str:
+    out = subprocess.run([qemu_binary(image), "--version"], capture_output=True, text=True).stdout
+    return out.split("version")[1].split()[0] if "version" in out else "?"
+
+
+def _run(cmd: list[str], what: str, fix: str) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()][-1:] or ["no output"]
+        raise EdgekitError(f"building the emulated device failed while {what}: {tail[0][:200]}", fix)
+
+
+def _download_debs(image: DeviceImage, apt_root: Path) -> list[Path]:
+    """Resolve and download the ``.deb``s with a private APT configuration for the target architecture."""
+    for sub in (
+        "etc/apt/sources.list.d",
+        "etc/apt/preferences.d",
+        "var/lib/dpkg",
+        "var/lib/apt/lists/partial",
+        "var/cache/apt/archives/partial",
+    ):
+        (apt_root / sub).mkdir(parents=True, exist_ok=True)
+    (apt_root / "var/lib/dpkg/status").touch()
+    keyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
+    (apt_root / "etc/apt/sources.list").write_text(
+        f"deb [arch={image.debian_arch} signed-by={keyring}] http://deb.debian.org/debian {image.suite} main\n"
+    )
+    opts = [
+        f"-oDir={apt_root}",
+        f"-oDir::State::status={apt_root}/var/lib/dpkg/status",
+        f"-oAPT::Architecture={image.debian_arch}",
+        f"-oAPT::Architectures={image.debian_arch}",
+        "-oDir::Etc::trusted=/etc/apt/trusted.gpg",
+        "-oDir::Etc::trustedparts=/etc/apt/trusted.gpg.d",
+        "-oDebug::NoLocking=1",
+        "-qq",
+    ]
+    fix = "check that Debian's package archive is reachable and apt-get works on this machine"
+    _run(["apt-get", *opts, "update"], "updating the APT index", fix)
+    _run(["apt-get", *opts, "install", "--download-only", "-y", *image.debs], "downloading .debs", fix)
+    return sorted((apt_root / "var/cache/apt/archives").glob("*.deb"))
+
+
+def _install_wheels(image: DeviceImage, root: Path, downloads: Path) -> None:
+    platforms = [arg for p in image.wheel_platforms for arg in ("--platform", p)]
+    abi = image.python_version.replace(".", "")
+    common = [
+        *platforms,
+        "--python-version",
+        image.python_version,
+        "--implementation",
+        "cp",
+        "--abi",
+        f"cp{abi}",
+        "--abi",
+        "abi3",
+        "--abi",
+        "none",
+        "--only-binary=:all:",
+        "--no-deps",
+        "-q",
+    ]
+    fix = "check that PyPI is reachable and these pinned wheels exist for the device"
+    _run(
+        [sys.executable, "-m", "pip", "download", "-d", str(downloads), *common, *image.wheels],
+        f"downloading {image.arch} wheels",
+        fix,
+    )
+    wheels = sorted(str(p) for p in downloads.glob("*.whl"))
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-index",
+            "--target",
+            str(root / SITE.lstrip("/")),
+            *common,
+            *wheels,
+        ],
+        "installing wheels",
+        fix,
+    )
+
+
+def prepare(arch: str, log: Log = lambda msg: None) -> Path:
+    """The cached userland for ``arch``, assembled now if it is not there yet (about a minute)."""
+    image = image_for(arch)
+    qemu_binary(image)
+    root = cache_root()
+    dest = root / f"rootfs-{image.debian_arch}-{image.key()}"
+    if (dest / COMPLETE).exists():
+        return dest
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{dest.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (dest / COMPLETE).exists():
+            return dest
+        log(f"assembling the emulated {arch} device in {dest} (once; cached)")
+        tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            fs = tmp / "fs"
+            fs.mkdir(parents=True)
+            for deb in _download_debs(image, tmp / "apt"):
+                _run(["dpkg-deb", "-x", str(deb), str(fs)], f"unpacking {deb.name}", "re-run; the .deb may be damaged")
+            _install_wheels(image, fs, tmp / "wheels")
+            for rel in image.drop:
+                (fs / rel).unlink(missing_ok=True)
+            (fs / COMPLETE).write_text(json.dumps({**asdict(image), "key": image.key()}, indent=2))
+            shutil.rmtree(dest, ignore_errors=True)
+            fs.rename(dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def write_cpu_files(rootfs: Path, cpu: str, cores: int) -> None:
+    """ARM ``/proc/cpuinfo`` and MIDR_EL1 sysfs entries for the emulated CPU, read by ORT and OpenVINO."""
+    if cpu not in ARM_CPUS:
+        raise EdgekitError(f"emulated CPU '{cpu}' is not known", f"use one of {', '.join(ARM_CPUS)} in the target file")
+    part, variant, revision, features = ARM_CPUS[cpu]
+    block = (
+        f"BogoMIPS\t: 108.00\nFeatures\t: {features}\nCPU implementer\t: 0x41\nCPU architecture: 8\n"
+        f"CPU variant\t: {variant:#x}\nCPU part\t: {part}\nCPU revision\t: {revision}\n"
+    )
+    (rootfs / "proc").mkdir(exist_ok=True)
+    (rootfs / "proc/cpuinfo").write_text("\n".join(f"processor\t: {i}\n{block}" for i in range(cores)))
+    midr = f"0x0000000041{variant:x}f{part[2:]}{revision:x}\n"
+    for i in range(cores):
+        folder = rootfs / f"sys/devices/system/cpu/cpu{i}/regs/identification"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "midr_el1").write_text(midr)
