@@ -74,7 +74,10 @@ def convert_cmd(
     weights: Annotated[Path | None, typer.Option(help="state dict for module:callable (weights_only)")] = None,
     precision: Annotated[str | None, typer.Option(help="fp32|fp16|int8, comma-separated; default from target")] = None,
     backends: Annotated[str | None, typer.Option(help="tflite,onnxruntime,openvino,tvm; default from target")] = None,
-    device: Annotated[str | None, typer.Option(help="where builds run: host | emulated; default from target")] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(help="where builds run: host | emulated | ssh://user@host[:port][?key=…]; default from target"),
+    ] = None,
     input_shape: Annotated[list[str] | None, typer.Option(help="[NAME:]1x3x224x224[:dtype], repeatable")] = None,
     mean: Annotated[str, typer.Option(help="image folders: per-channel pixel mean")] = "0",
     std: Annotated[str, typer.Option(help="image folders: per-channel pixel std")] = "255",

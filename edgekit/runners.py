@@ -189,10 +189,162 @@ class EmulatedRunner(Runner):
         return _collect(out)
 
 
+RUNTIME_MODULES = {
+    "tflite": (("ai_edge_litert", "tflite_runtime"), "ai-edge-litert==2.3.0"),
+    "onnxruntime": (("onnxruntime",), "onnxruntime==1.31.1"),
+    "openvino": (("openvino",), "openvino==2026.4.1"),
+    "tvm": (("tvm",), "apache-tvm==0.27.0.post1"),
+}
+PROBE = (
+    "import json, platform, importlib.util as u; "
+    "print(json.dumps({'machine': platform.machine(), 'python': platform.python_version(), "
+    "'have': {m: u.find_spec(m) is not None for m in "
+    "['numpy', 'onnxruntime', 'ai_edge_litert', 'tflite_runtime', 'openvino', 'tvm']}}))"
+)
+
+
+class SshRunner(Runner):
+    """Runs builds on a board over SSH: key auth only, host key checked against known_hosts.
+
+    ``ssh://user@host[:port][?key=PATH&known_hosts=PATH&python=python3]``. Artifacts, inputs and the
+    self-contained runner are copied to a private folder on the board, run under ``timeout``, and the
+    folder is removed afterwards. Nothing is installed on the board: a missing runtime is named.
+    """
+
+    name = "ssh"
+
+    def __init__(self, url: str) -> None:
+        from urllib.parse import parse_qs, urlsplit
+
+        parts = urlsplit(url)
+        if parts.scheme != "ssh" or not parts.hostname:
+            raise EdgekitError(f"device '{url}' is not ssh://user@host[:port]", "write e.g. ssh://pi@192.0.2.7:22")
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        self.url = url
+        self.host, self.port = parts.hostname, str(parts.port or 22)
+        self.user = parts.username or os.environ.get("USER", "root")
+        self.python = query.get("python", "python3")
+        self.options = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=10"]
+        if "known_hosts" in query:
+            self.options += ["-o", f"UserKnownHostsFile={query['known_hosts']}"]
+        if "key" in query:
+            self.options += ["-i", query["key"], "-o", "IdentitiesOnly=yes"]
+        self.facts: dict = {}
+
+    @property
+    def arch(self) -> str:  # type: ignore[override]
+        return self.facts.get("machine", "?")
+
+    def label(self) -> str:
+        return f"ssh {self.host}"
+
+    def describe(self) -> str:
+        return f"ssh board {self.user}@{self.host}:{self.port} ({self.arch}, Python {self.facts.get('python', '?')})"
+
+    def _ssh(self, command: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        cmd = ["ssh", "-p", self.port, *self.options, f"{self.user}@{self.host}", command]
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as exc:
+            raise RunnerError(f"ssh command on {self.host} timed out after {timeout:.0f} s") from exc
+
+    def _scp(self, sources: list[str], dest: str) -> None:
+        cmd = ["scp", "-q", "-r", "-P", self.port, *self.options, *sources, dest]
+        proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if proc.returncode != 0:
+            raise RunnerError(f"copy to/from {self.host} failed: {_failure(proc)}")
+
+    def _connection_error(self, proc: subprocess.CompletedProcess) -> EdgekitError:
+        text = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit code {proc.returncode}"
+        if "Permission denied" in proc.stderr:
+            return EdgekitError(
+                f"device {self.url}: authentication failed ({text})",
+                "put your public key in the board's ~/.ssh/authorized_keys, or pass ?key=PATH",
+            )
+        if "Host key verification failed" in proc.stderr or "host key" in proc.stderr.lower():
+            return EdgekitError(
+                f"device {self.url}: the board's host key is not known or changed ({text})",
+                f"check its fingerprint, then: ssh-keyscan -p {self.port} {self.host} >> ~/.ssh/known_hosts",
+            )
+        return EdgekitError(
+            f"device {self.url} is unreachable ({text})", "check the address and port, and that sshd runs on the board"
+        )
+
+    def prepare(self, log=lambda msg: None) -> None:
+        import shlex
+
+        log(f"connecting to {self.url}")
+        proc = self._ssh(f"{self.python} -c {shlex.quote(PROBE)}", timeout=60)
+        if proc.returncode == 255:
+            raise self._connection_error(proc)
+        if proc.returncode != 0:
+            raise EdgekitError(
+                f"device {self.url}: '{self.python}' does not run there ({_failure(proc)})",
+                "install Python 3 on the board or pass ?python=/path/to/python3",
+            )
+        self.facts = json.loads(proc.stdout.strip().splitlines()[-1])
+        if not self.facts["have"]["numpy"]:
+            raise EdgekitError(
+                f"device {self.url}: numpy is missing on the board", f"on the board: {self.python} -m pip install numpy"
+            )
+
+    def run(
+        self, build_dir: Path, inputs: Path, work: Path, *, warmup: int, runs: int, threads: int, timeout: float
+    ) -> RunResult:
+        import shlex
+
+        if not self.facts:
+            self.prepare()
+        backend = json.loads((build_dir / "build.json").read_text())["backend"]
+        modules, package = RUNTIME_MODULES[backend]
+        if not any(self.facts["have"].get(m) for m in modules):
+            raise RunnerError(
+                f"the board lacks the {backend} runtime; on the board: {self.python} -m pip install {package}"
+            )
+        proc = self._ssh("mktemp -d /tmp/edgekit.XXXXXX")
+        if proc.returncode != 0:
+            raise RunnerError(f"cannot create a work folder on {self.host}: {_failure(proc)}")
+        remote = proc.stdout.strip()
+        target = f"{self.user}@{self.host}"
+        try:
+            self._scp([str(build_dir), str(inputs), str(RUNNER_SCRIPT)], f"{target}:{remote}/")
+            args = " ".join(
+                shlex.quote(a)
+                for a in [
+                    self.python,
+                    "runner_main.py",
+                    build_dir.name,
+                    inputs.name,
+                    "out",
+                    "--warmup",
+                    str(warmup),
+                    "--runs",
+                    str(runs),
+                    "--threads",
+                    str(threads),
+                ]
+            )
+            proc = self._ssh(
+                f"cd {remote} && TVM_USE_RUNTIME_LIB=1 timeout --foreground -s KILL {int(timeout)} {args}",
+                timeout=timeout + 30,
+            )
+            if proc.returncode == 137:
+                raise RunnerError(f"runner on {self.host} timed out after {timeout:.0f} s (killed there)")
+            if proc.returncode != 0:
+                raise RunnerError(f"runner on {self.host} failed: {_failure(proc)}")
+            work.mkdir(parents=True, exist_ok=True)
+            self._scp([f"{target}:{remote}/out"], str(work))
+        finally:
+            self._ssh(f"rm -rf {remote}")
+        return _collect(work / "out")
+
+
 def get_runner(device: str, target: Target) -> Runner:
-    """The runner for ``--device``: ``host`` or ``emulated``."""
+    """The runner for ``--device``: ``host``, ``emulated`` or ``ssh://user@host[:port]``."""
     if device == "host":
         return HostRunner()
     if device == "emulated":
         return EmulatedRunner(target)
-    raise EdgekitError(f"unknown device '{device}'", "use --device host or --device emulated")
+    if device.startswith("ssh://"):
+        return SshRunner(device)
+    raise EdgekitError(f"unknown device '{device}'", "use --device host, emulated or ssh://user@host[:port]")
