@@ -49,9 +49,9 @@ class TvmConverter(Converter):
         if not on_host:
             cc = shutil.which(ctx.target.cross_compiler or "")
             if cc is None:
+                package = "g++-" + ctx.target.cross_compiler.removesuffix("-g++")
                 raise RuntimeError(
-                    f"cross compiler '{ctx.target.cross_compiler}' not found; install it "
-                    f"(Debian: apt-get install g++-{ctx.target.triple.rsplit('-', 1)[0]})"
+                    f"cross compiler '{ctx.target.cross_compiler}' not found; apt-get install {package}"
                 )
         shapes = {s.name: list(s.shape) for s in ctx.inputs}
         target = host_target() if on_host and not ctx.target.cpu else ctx.target.tvm_target()

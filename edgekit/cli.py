@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -153,18 +154,69 @@ def device(
     action: Annotated[str, typer.Argument(help="prepare: assemble (or find) the cached emulated device")],
     target: Annotated[str, typer.Option(help="target whose emulated device to prepare")] = "arm64",
 ) -> None:
-    """Manage the emulated ARM device (cached under $EDGEKIT_CACHE or ~/.cache/edgekit)."""
+    """Manage the emulated ARM devices (cached under $EDGEKIT_CACHE or ~/.cache/edgekit)."""
     from edgekit import emulator
 
     if action != "prepare":
         err.print(f"[bold red]error:[/] unknown action '{action}' — fix: use `edgekit device prepare`")
         raise typer.Exit(2)
+    failed = 0
     try:
-        root = emulator.prepare(load_target(target).arch, log=err.log)
+        images = emulator.images_for(load_target(target).arch)
     except EdgekitError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from exc
-    Console().print(f"emulated {target} device ready: {root}")
+    for image in images:
+        try:
+            root = emulator.prepare(image, log=err.log)
+            Console().print(f"emulated {image.name} userland ready ({', '.join(image.backends)}): {root}")
+        except EdgekitError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            failed += 1
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
+def profile(
+    build: Annotated[Path, typer.Argument(help="a build folder, e.g. build/tflite_int8")],
+    inputs: Annotated[Path, typer.Option(help=".npz with one array per input (samples on axis 0)")],
+    device: Annotated[
+        str | None, typer.Option(help="host | emulated | ssh://…; default from the build's target")
+    ] = None,
+    threads: Annotated[int, typer.Option(help="threads")] = 1,
+    top: Annotated[int, typer.Option(help="rows to show")] = 15,
+    out: Annotated[Path | None, typer.Option(help="write the whole profile as JSON here")] = None,
+) -> None:
+    """Per-op latency profile of one build on its device (ONNX Runtime profiler, OpenVINO counters)."""
+    from rich.table import Table
+
+    from edgekit.profiling import profile_build
+
+    try:
+        result = profile_build(build, inputs, device, threads)
+    except EdgekitError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from exc
+    if out:
+        out.write_text(json.dumps(result, indent=2))
+    lat = result["latency_ms"]
+    kind = "emulated, compare builds only" if result["emulated"] else "measured"
+    console = Console()
+    console.print(
+        f"{result['backend']} on {result['device']} ({result['runtime']}, {result['threads']} thread(s)): "
+        f"p50 {lat['p50']:.3f} ms, p90 {lat['p90']:.3f} ms ({kind})"
+    )
+    prof = result["profile"]
+    if "unavailable" in prof:
+        console.print(f"[yellow]no per-op profile:[/] {prof['unavailable']}")
+        return
+    total = sum(op["us"] for op in prof["ops"]) or 1.0
+    table = Table(title=f"per-op time ({prof['tool']}, mean of {prof['repeats']} inferences)")
+    for col in ("op", "type", "µs", "%"):
+        table.add_column(col, justify="right" if col in ("µs", "%") else "left")
+    for op in prof["ops"][:top]:
+        table.add_row(op["name"], op["type"], f"{op['us']:.1f}", f"{100 * op['us'] / total:.1f}")
+    console.print(table)
 
 
 @app.command()

@@ -22,58 +22,52 @@ from pathlib import Path
 
 from edgekit.errors import EdgekitError
 
-# CPU part numbers (MIDR_EL1) and /proc/cpuinfo features of the CPUs a target file may name.
+V8_FEATURES = "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp"
+V7_FEATURES = "half thumb fastmult vfp edsp neon vfpv3 tls vfpv4 idiva idivt vfpd32 lpae evtstrm"
+# CPU part number, variant, revision, architecture and /proc/cpuinfo features of the CPUs a target may name.
 ARM_CPUS = {
-    "cortex-a53": ("0xd03", 0, 4, "fp asimd evtstrm crc32 cpuid"),
-    "cortex-a55": (
-        "0xd05",
-        2,
-        0,
-        "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp",
-    ),
-    "cortex-a72": ("0xd08", 0, 3, "fp asimd evtstrm crc32 cpuid"),
-    "cortex-a76": (
-        "0xd0b",
-        4,
-        1,
-        "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp",
-    ),
-    "neoverse-n1": (
-        "0xd0c",
-        3,
-        1,
-        "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp",
-    ),
+    "cortex-a7": ("0xc07", 0, 5, 7, V7_FEATURES),
+    "cortex-a15": ("0xc0f", 2, 3, 7, V7_FEATURES),
+    "cortex-a53": ("0xd03", 0, 4, 8, "fp asimd evtstrm crc32 cpuid"),
+    "cortex-a55": ("0xd05", 2, 0, 8, V8_FEATURES),
+    "cortex-a72": ("0xd08", 0, 3, 8, "fp asimd evtstrm crc32 cpuid"),
+    "cortex-a76": ("0xd0b", 4, 1, 8, V8_FEATURES),
+    "neoverse-n1": ("0xd0c", 3, 1, 8, V8_FEATURES),
 }
 COMPLETE = ".edgekit-image.json"
 
 
 @dataclass(frozen=True)
 class DeviceImage:
-    """Pinned contents of an emulated device userland."""
+    """Pinned contents of an emulated device userland, and the backends it can run."""
 
+    name: str
     arch: str
     debian_arch: str
     suite: str
     qemu: str
     python: str
     debs: tuple[str, ...]
-    wheels: tuple[str, ...]
-    wheel_platforms: tuple[str, ...]
-    python_version: str
-    drop: tuple[str, ...]  # files not needed on a device (compiler libraries), removed after install
+    backends: tuple[str, ...]
+    wheels: tuple[str, ...] = ()
+    wheel_platforms: tuple[str, ...] = ()
+    python_version: str = ""
+    drop: tuple[str, ...] = ()  # files a device does not need (compiler libraries), removed after install
+    links: tuple[tuple[str, str], ...] = ()  # symlinks that Debian's alternatives system would create
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
 
 AARCH64 = DeviceImage(
+    name="arm64",
     arch="aarch64",
     debian_arch="arm64",
     suite="bookworm",
     qemu="qemu-aarch64-static",
     python="usr/bin/python3.11",
     debs=("python3.11", "libstdc++6", "libgomp1"),
+    backends=("tflite", "onnxruntime", "openvino", "tvm"),
     wheels=(
         "numpy==2.4.6",
         "onnxruntime==1.31.1",
@@ -90,7 +84,47 @@ AARCH64 = DeviceImage(
     python_version="3.11",
     drop=("opt/edgekit/site/tvm/lib/libtvm_compiler.so", "opt/edgekit/site/tvm/lib/libtvm_runtime_cuda.so"),
 )
-IMAGES = {"aarch64": AARCH64}
+# armv7: PyPI has no armv7l wheels of current runtimes. The last tflite-runtime with one (2.11, cp39)
+# runs on Debian bullseye's Python 3.9; ONNX Runtime comes from Debian trixie's armhf package.
+ARMHF_TFLITE = DeviceImage(
+    name="armhf-tflite",
+    arch="armv7l",
+    debian_arch="armhf",
+    suite="bullseye",
+    qemu="qemu-arm-static",
+    python="usr/bin/python3.9",
+    debs=("python3.9", "python3-numpy", "libstdc++6"),
+    backends=("tflite",),
+    wheels=("tflite-runtime==2.11.0",),
+    wheel_platforms=("manylinux2014_armv7l",),
+    python_version="3.9",
+    links=(
+        ("usr/lib/arm-linux-gnueabihf/libblas.so.3", "blas/libblas.so.3"),
+        ("usr/lib/arm-linux-gnueabihf/liblapack.so.3", "lapack/liblapack.so.3"),
+    ),
+)
+ARMHF_ORT = DeviceImage(
+    name="armhf-onnxruntime",
+    arch="armv7l",
+    debian_arch="armhf",
+    suite="trixie",
+    qemu="qemu-arm-static",
+    python="usr/bin/python3",
+    debs=("python3", "python3-numpy", "python3-onnxruntime"),
+    backends=("onnxruntime",),
+    links=(
+        ("usr/lib/arm-linux-gnueabihf/libblas.so.3", "blas/libblas.so.3"),
+        ("usr/lib/arm-linux-gnueabihf/liblapack.so.3", "lapack/liblapack.so.3"),
+    ),
+)
+IMAGES = {"aarch64": (AARCH64,), "armv7l": (ARMHF_TFLITE, ARMHF_ORT)}
+# Why a backend cannot run on an emulated architecture (the build itself is still made and kept).
+NOT_RUNNABLE = {
+    "armv7l": {
+        "tvm": "no TVM runtime for armv7l exists in the registries (no armv7l apache-tvm wheel or Debian package)",
+        "openvino": "OpenVINO ships no armv7 runtime",
+    }
+}
 SITE = "/opt/edgekit/site"
 Log = Callable[[str], None]
 
@@ -99,7 +133,7 @@ def cache_root() -> Path:
     return Path(os.environ.get("EDGEKIT_CACHE") or Path.home() / ".cache" / "edgekit")
 
 
-def image_for(arch: str) -> DeviceImage:
+def images_for(arch: str) -> tuple[DeviceImage, ...]:
     if arch not in IMAGES:
         raise EdgekitError(
             f"no emulated device for {arch}", f"use --device host or ssh://…; emulated: {sorted(IMAGES)}"
@@ -125,8 +159,11 @@ def qemu_version(image: DeviceImage) -> str:
 def _run(cmd: list[str], what: str, fix: str) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        tail = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()][-1:] or ["no output"]
-        raise EdgekitError(f"building the emulated device failed while {what}: {tail[0][:200]}", fix)
+        lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        cause = next(
+            (ln for ln in lines if ln.startswith(("E: Failed", "ERROR:"))), lines[-1] if lines else "no output"
+        )
+        raise EdgekitError(f"building the emulated device failed while {what}: {cause[:240]}", fix)
 
 
 def _download_debs(image: DeviceImage, apt_root: Path) -> list[Path]:
@@ -161,6 +198,8 @@ def _download_debs(image: DeviceImage, apt_root: Path) -> list[Path]:
 
 
 def _install_wheels(image: DeviceImage, root: Path, downloads: Path) -> None:
+    if not image.wheels:
+        return
     platforms = [arg for p in image.wheel_platforms for arg in ("--platform", p)]
     abi = image.python_version.replace(".", "")
     common = [
@@ -203,12 +242,11 @@ def _install_wheels(image: DeviceImage, root: Path, downloads: Path) -> None:
     )
 
 
-def prepare(arch: str, log: Log = lambda msg: None) -> Path:
-    """The cached userland for ``arch``, assembled now if it is not there yet (about a minute)."""
-    image = image_for(arch)
+def prepare(image: DeviceImage, log: Log = lambda msg: None) -> Path:
+    """The cached userland of ``image``, assembled now if it is not there yet (about a minute)."""
     qemu_binary(image)
     root = cache_root()
-    dest = root / f"rootfs-{image.debian_arch}-{image.key()}"
+    dest = root / f"rootfs-{image.name}-{image.key()}"
     if (dest / COMPLETE).exists():
         return dest
     root.mkdir(parents=True, exist_ok=True)
@@ -216,7 +254,7 @@ def prepare(arch: str, log: Log = lambda msg: None) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (dest / COMPLETE).exists():
             return dest
-        log(f"assembling the emulated {arch} device in {dest} (once; cached)")
+        log(f"assembling the emulated {image.name} device in {dest} (once; cached)")
         tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         try:
@@ -227,6 +265,9 @@ def prepare(arch: str, log: Log = lambda msg: None) -> Path:
             _install_wheels(image, fs, tmp / "wheels")
             for rel in image.drop:
                 (fs / rel).unlink(missing_ok=True)
+            for link, to in image.links:
+                (fs / link).unlink(missing_ok=True)
+                (fs / link).symlink_to(to)
             (fs / COMPLETE).write_text(json.dumps({**asdict(image), "key": image.key()}, indent=2))
             shutil.rmtree(dest, ignore_errors=True)
             fs.rename(dest)
@@ -239,9 +280,10 @@ def write_cpu_files(rootfs: Path, cpu: str, cores: int) -> None:
     """ARM ``/proc/cpuinfo`` and MIDR_EL1 sysfs entries for the emulated CPU, read by ORT and OpenVINO."""
     if cpu not in ARM_CPUS:
         raise EdgekitError(f"emulated CPU '{cpu}' is not known", f"use one of {', '.join(ARM_CPUS)} in the target file")
-    part, variant, revision, features = ARM_CPUS[cpu]
+    part, variant, revision, arch, features = ARM_CPUS[cpu]
+    model = f"model name\t: ARMv7 Processor rev {revision} (v7l)\n" if arch == 7 else ""
     block = (
-        f"BogoMIPS\t: 108.00\nFeatures\t: {features}\nCPU implementer\t: 0x41\nCPU architecture: 8\n"
+        f"{model}BogoMIPS\t: 108.00\nFeatures\t: {features}\nCPU implementer\t: 0x41\nCPU architecture: {arch}\n"
         f"CPU variant\t: {variant:#x}\nCPU part\t: {part}\nCPU revision\t: {revision}\n"
     )
     (rootfs / "proc").mkdir(exist_ok=True)

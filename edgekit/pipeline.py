@@ -25,7 +25,7 @@ from edgekit.converters import BACKENDS, BuildContext
 from edgekit.data import Dataset, ImagePreprocess, TensorSpec, load_dataset, specs_from_dataset
 from edgekit.errors import EdgekitError, one_line
 from edgekit.metrics import compare, latency_stats
-from edgekit.runners import Runner, RunnerError, get_runner
+from edgekit.runners import Runner, RunnerError, RunSpec, get_runner
 from edgekit.source import SourceModel, load_model
 from edgekit.target import PRECISIONS, Target, load_target
 
@@ -414,17 +414,14 @@ def _build_and_check(
     row["artifacts"] = [str(p.relative_to(staged)) for p in files]
     deployable = [out_dir / f for key, f in build["artifacts"].items() if key in ("model", "weights", target.arch)]
     row["size_bytes"] = sum(p.stat().st_size for p in deployable)
+    not_runnable = runner.cannot_run(backend)
+    if not_runnable:
+        row.update(status="skipped", reason=f"built, not run: {not_runnable}")
+        return row
     warmup, runs = runner.repetitions(opts.warmup, opts.runs)
+    spec = RunSpec(warmup=warmup, runs=runs, threads=opts.threads, timeout=opts.timeout_s)
     try:
-        run = runner.run(
-            out_dir,
-            eval_npz,
-            scratch / f"run_{name}",
-            warmup=warmup,
-            runs=runs,
-            threads=opts.threads,
-            timeout=opts.timeout_s,
-        )
+        run = runner.run(out_dir, eval_npz, scratch / f"run_{name}", spec)
         row["accuracy"] = compare(reference, run.outputs, evalset.labels)
     except (RunnerError, ValueError) as exc:
         row["reason"] = f"built, but the check failed: {one_line(exc)}"

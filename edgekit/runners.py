@@ -28,6 +28,21 @@ class RunResult:
     info: dict
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    """How to run a build: repetitions, threads, time limit, and whether to record a per-op profile."""
+
+    warmup: int = 10
+    runs: int = 50
+    threads: int = 1
+    timeout: float = 1800.0
+    profile: bool = False
+
+    def args(self) -> list[str]:
+        flags = ["--warmup", str(self.warmup), "--runs", str(self.runs), "--threads", str(self.threads)]
+        return [*flags, "--profile"] if self.profile else flags
+
+
 class RunnerError(RuntimeError):
     """The runner could not run the build (crash, timeout, missing runtime)."""
 
@@ -46,10 +61,12 @@ class Runner(ABC):
         """Warm-up and timed runs this device affords."""
         return warmup, runs
 
+    def cannot_run(self, backend: str) -> str | None:
+        """Why this device can never run ``backend`` builds (they are built, kept, and reported skipped)."""
+        return None
+
     @abstractmethod
-    def run(
-        self, build_dir: Path, inputs: Path, work: Path, *, warmup: int, runs: int, threads: int, timeout: float
-    ) -> RunResult:
+    def run(self, build_dir: Path, inputs: Path, work: Path, spec: RunSpec) -> RunResult:
         """Run the build in ``build_dir`` on ``inputs`` (npz) and return its outputs and timings."""
 
     def describe(self) -> str:
@@ -84,9 +101,7 @@ class HostRunner(Runner):
     def label(self) -> str:
         return f"host {platform.machine()}"
 
-    def run(
-        self, build_dir: Path, inputs: Path, work: Path, *, warmup: int, runs: int, threads: int, timeout: float
-    ) -> RunResult:
+    def run(self, build_dir: Path, inputs: Path, work: Path, spec: RunSpec) -> RunResult:
         out = work / "run"
         cmd = [
             sys.executable,
@@ -94,26 +109,23 @@ class HostRunner(Runner):
             str(build_dir),
             str(inputs),
             str(out),
-            "--warmup",
-            str(warmup),
-            "--runs",
-            str(runs),
-            "--threads",
-            str(threads),
+            *spec.args(),
         ]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=spec.timeout)
         except subprocess.TimeoutExpired as exc:
-            raise RunnerError(f"runner timed out after {timeout:.0f} s") from exc
+            raise RunnerError(f"runner timed out after {spec.timeout:.0f} s") from exc
         if proc.returncode != 0:
             raise RunnerError(_failure(proc))
         return _collect(out)
 
 
 class EmulatedRunner(Runner):
-    """Runs builds inside the emulated ARM device (qemu user mode over a real Debian userland).
+    """Runs builds inside the emulated ARM device (qemu user mode over real Debian userlands).
 
     Outputs are the device's own; latencies are emulation latencies, useful only to compare builds.
+    An architecture may need several userlands (armv7: one per runtime); a userland that cannot be
+    assembled fails only the builds that need it.
     """
 
     name = "emulated"
@@ -124,21 +136,31 @@ class EmulatedRunner(Runner):
         from edgekit import emulator
 
         self.target = target
-        self.image = emulator.image_for(target.arch)
+        self.images = emulator.images_for(target.arch)
         self.arch = target.arch
         self.cpu = target.cpu
-        self.rootfs: Path | None = None
+        self.rootfs: dict[str, Path] = {}
+        self.errors: dict[str, str] = {}
+        self.qemu_version = "?"
 
     def prepare(self, log=lambda msg: None) -> None:
         from edgekit import emulator
 
-        self.rootfs = emulator.prepare(self.target.arch, log)
-        emulator.write_cpu_files(self.rootfs, self.cpu, os.cpu_count() or 1)
-        self.qemu = emulator.qemu_binary(self.image)
-        self.qemu_version = emulator.qemu_version(self.image)
+        self.qemu_version = emulator.qemu_version(self.images[0])
+        for image in self.images:
+            try:
+                root = emulator.prepare(image, log)
+            except EdgekitError as exc:
+                if len(self.images) == 1:
+                    raise
+                self.errors[image.name] = str(exc)
+                log(f"emulated {image.name} userland unavailable: {exc}")
+                continue
+            emulator.write_cpu_files(root, self.cpu, os.cpu_count() or 1)
+            self.rootfs[image.name] = root
 
     def describe(self) -> str:
-        return f"emulated {self.arch} {self.cpu} (qemu {getattr(self, 'qemu_version', '?')} user mode)"
+        return f"emulated {self.arch} {self.cpu} (qemu {self.qemu_version} user mode)"
 
     def label(self) -> str:
         return f"qemu {self.cpu}"
@@ -146,13 +168,23 @@ class EmulatedRunner(Runner):
     def repetitions(self, warmup: int, runs: int) -> tuple[int, int]:
         return min(warmup, self.MAX_WARMUP), min(runs, self.MAX_RUNS)
 
-    def run(
-        self, build_dir: Path, inputs: Path, work: Path, *, warmup: int, runs: int, threads: int, timeout: float
-    ) -> RunResult:
-        from edgekit.emulator import SITE
+    def cannot_run(self, backend: str) -> str | None:
+        from edgekit.emulator import NOT_RUNNABLE
 
-        if self.rootfs is None:
+        return NOT_RUNNABLE.get(self.arch, {}).get(backend)
+
+    def run(self, build_dir: Path, inputs: Path, work: Path, spec: RunSpec) -> RunResult:
+        from edgekit.emulator import SITE, qemu_binary
+
+        if not self.rootfs and not self.errors:
             self.prepare()
+        backend = json.loads((build_dir / "build.json").read_text())["backend"]
+        image = next((i for i in self.images if backend in i.backends), None)
+        if image is None:
+            raise RunnerError(f"the emulated {self.arch} device has no {backend} runtime")
+        if image.name not in self.rootfs:
+            raise RunnerError(f"the emulated {image.name} userland could not be assembled: {self.errors[image.name]}")
+        root = self.rootfs[image.name]
         out = work / "run"
         env = {
             "PATH": "/usr/bin:/bin",
@@ -163,27 +195,22 @@ class EmulatedRunner(Runner):
             "PYTHONDONTWRITEBYTECODE": "1",
         }
         cmd = [
-            self.qemu,
+            qemu_binary(image),
             "-cpu",
             self.cpu,
             "-L",
-            str(self.rootfs),
-            str(self.rootfs / self.image.python),
+            str(root),
+            str(root / image.python),
             str(RUNNER_SCRIPT),
             str(build_dir),
             str(inputs),
             str(out),
-            "--warmup",
-            str(warmup),
-            "--runs",
-            str(runs),
-            "--threads",
-            str(threads),
+            *spec.args(),
         ]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=spec.timeout, env=env)
         except subprocess.TimeoutExpired as exc:
-            raise RunnerError(f"emulated runner timed out after {timeout:.0f} s") from exc
+            raise RunnerError(f"emulated runner timed out after {spec.timeout:.0f} s") from exc
         if proc.returncode != 0:
             raise RunnerError(_failure(proc))
         return _collect(out)
@@ -288,9 +315,7 @@ class SshRunner(Runner):
                 f"device {self.url}: numpy is missing on the board", f"on the board: {self.python} -m pip install numpy"
             )
 
-    def run(
-        self, build_dir: Path, inputs: Path, work: Path, *, warmup: int, runs: int, threads: int, timeout: float
-    ) -> RunResult:
+    def run(self, build_dir: Path, inputs: Path, work: Path, spec: RunSpec) -> RunResult:
         import shlex
 
         if not self.facts:
@@ -316,20 +341,15 @@ class SshRunner(Runner):
                     build_dir.name,
                     inputs.name,
                     "out",
-                    "--warmup",
-                    str(warmup),
-                    "--runs",
-                    str(runs),
-                    "--threads",
-                    str(threads),
+                    *spec.args(),
                 ]
             )
             proc = self._ssh(
-                f"cd {remote} && TVM_USE_RUNTIME_LIB=1 timeout --foreground -s KILL {int(timeout)} {args}",
-                timeout=timeout + 30,
+                f"cd {remote} && TVM_USE_RUNTIME_LIB=1 timeout --foreground -s KILL {int(spec.timeout)} {args}",
+                timeout=spec.timeout + 30,
             )
             if proc.returncode == 137:
-                raise RunnerError(f"runner on {self.host} timed out after {timeout:.0f} s (killed there)")
+                raise RunnerError(f"runner on {self.host} timed out after {spec.timeout:.0f} s (killed there)")
             if proc.returncode != 0:
                 raise RunnerError(f"runner on {self.host} failed: {_failure(proc)}")
             work.mkdir(parents=True, exist_ok=True)

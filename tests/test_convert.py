@@ -68,7 +68,7 @@ def test_every_backend_builds_runs_on_the_emulated_arm64_device_and_agrees(arm64
         # Emulated latency is labelled as such and the run count is capped under emulation.
         assert b["latency_kind"] == "emulated" and b["runs"] == 10 and b["latency_ms"]["n"] == 10
         assert "speedup_vs_original" not in b
-        assert b["device_facts"]["machine"] == "aarch64" and b["device_facts"]["cpu"] == "Cortex-A72"
+        assert b["device_facts"]["machine"] == "aarch64" and b["device_facts"]["cpu"] == "Cortex-A76"
         acc = b["accuracy"]
         assert acc["top1_agreement"] >= 0.95 and acc["cosine"] > 0.98
         task = acc["task_metric"]
@@ -85,7 +85,7 @@ def test_every_backend_builds_runs_on_the_emulated_arm64_device_and_agrees(arm64
     manifest = json.loads((tvm / "build.json").read_text())
     assert _elf_machine(tvm / manifest["artifacts"]["aarch64"]) == ELF_MACHINE["aarch64"]
     assert _elf_machine(tvm / manifest["artifacts"]["x86_64"]) == ELF_MACHINE["x86_64"]
-    assert report["runner"].startswith("emulated aarch64 cortex-a72 (qemu")
+    assert report["runner"].startswith("emulated aarch64 cortex-a76 (qemu")
     assert "emulation latencies" in report["not_verified"][0]
     md = (out / "report.md").read_text()
     assert "| tflite | int8 |" in md and "## Not verified" in md
@@ -232,7 +232,7 @@ def test_multi_input_int64_encoder(tmp_path, digits):
 
 
 def test_emulated_device_rejects_a_build_for_the_wrong_architecture(tmp_path, cnn_case):
-    from edgekit.runners import EmulatedRunner, RunnerError
+    from edgekit.runners import EmulatedRunner, RunnerError, RunSpec
     from edgekit.target import load_target
 
     report = convert(
@@ -253,9 +253,48 @@ def test_emulated_device_rejects_a_build_for_the_wrong_architecture(tmp_path, cn
     device = EmulatedRunner(load_target("arm64"))
     with pytest.raises(RunnerError, match="no library for aarch64"):
         device.run(
-            tmp_path / "o" / "tvm_fp32", tmp_path / "in.npz", tmp_path / "w", warmup=0, runs=1, threads=1, timeout=300
+            tmp_path / "o" / "tvm_fp32",
+            tmp_path / "in.npz",
+            tmp_path / "w",
+            RunSpec(warmup=0, runs=1, threads=1, timeout=300),
         )
     with pytest.raises(RunnerError, match="timed out"):
         device.run(
-            tmp_path / "o" / "tvm_fp32", tmp_path / "in.npz", tmp_path / "w2", warmup=0, runs=1, threads=1, timeout=0.2
+            tmp_path / "o" / "tvm_fp32",
+            tmp_path / "in.npz",
+            tmp_path / "w2",
+            RunSpec(warmup=0, runs=1, threads=1, timeout=0.2),
         )
+
+
+def test_armv7_runs_what_armv7_can_and_says_what_it_cannot(tmp_path, cnn_case):
+    report = convert(
+        ConvertOptions(
+            model="edgekit.models.small_cnn:SmallCNN",
+            weights=cnn_case["weights"],
+            target="armv7",
+            calib=cnn_case["calib"],
+            eval=cnn_case["eval"],
+            out=tmp_path / "o",
+            runs=3,
+            warmup=0,
+        )
+    )
+    rows = {b["backend"]: b for b in report["builds"]}
+    assert report["runner"].startswith("emulated armv7l cortex-a7")
+    tflite = rows["tflite"]
+    assert tflite["status"] == "ok", tflite.get("reason")
+    assert tflite["device_facts"]["machine"] == "armv7l" and tflite["device_facts"]["cpu"] == "Cortex-A7"
+    assert tflite["runtime"].startswith("tflite-runtime 2.11")
+    assert tflite["accuracy"]["top1_agreement"] >= 0.95
+    # TVM's armv7 library is cross-linked and kept, but no armv7l TVM runtime exists to run it.
+    tvm = rows["tvm"]
+    assert tvm["status"] == "skipped" and "no TVM runtime for armv7l" in tvm["reason"]
+    manifest = json.loads((tmp_path / "o" / "tvm_int8" / "build.json").read_text())
+    assert _elf_machine(tmp_path / "o" / "tvm_int8" / manifest["artifacts"]["armv7l"]) == 40  # EM_ARM
+    # ONNX Runtime comes from Debian trixie's armhf package; when its index cannot be fetched the row says so.
+    ort = rows["onnxruntime"]
+    if ort["status"] == "ok":
+        assert ort["accuracy"]["top1_agreement"] >= 0.95
+    else:
+        assert ort["status"] == "failed" and "userland could not be assembled" in ort["reason"]

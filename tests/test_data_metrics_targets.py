@@ -84,7 +84,7 @@ def test_targets_are_declarative():
     assert arm.tvm_target() == {
         "kind": "llvm",
         "mtriple": "aarch64-linux-gnu",
-        "mcpu": "cortex-a72",
+        "mcpu": "cortex-a76",
         "mattr": ["+neon"],
     }
     assert arm.default_precision == "int8" and "tvm" in arm.backends

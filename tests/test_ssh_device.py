@@ -15,7 +15,7 @@ import pytest
 
 from edgekit import ConvertOptions, convert
 from edgekit.errors import EdgekitError
-from edgekit.runners import RunnerError, SshRunner
+from edgekit.runners import RunnerError, RunSpec, SshRunner
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 pytestmark = pytest.mark.skipif(not os.path.exists(SSHD), reason="openssh-server is not installed")
@@ -126,7 +126,7 @@ def test_missing_runtime_on_the_board_is_named(tmp_path, board, cnn_case):
     build.mkdir()
     (build / "build.json").write_text(json.dumps({"backend": "openvino"}))
     with pytest.raises(RunnerError, match=r"lacks the openvino runtime.*pip install openvino==2026.4.1"):
-        device.run(build, tmp_path / "x.npz", tmp_path / "w", warmup=0, runs=1, threads=1, timeout=30)
+        device.run(build, tmp_path / "x.npz", tmp_path / "w", RunSpec(warmup=0, runs=1, threads=1, timeout=30))
 
 
 def test_a_hanging_runner_is_killed_on_the_board(tmp_path, board, cnn_case):
@@ -151,10 +151,7 @@ def test_a_hanging_runner_is_killed_on_the_board(tmp_path, board, cnn_case):
             tmp_path / "o" / "onnxruntime_fp32",
             tmp_path / "in.npz",
             tmp_path / "w",
-            warmup=0,
-            runs=1_000_000,
-            threads=1,
-            timeout=3,
+            RunSpec(warmup=0, runs=1_000_000, threads=1, timeout=3),
         )
     ps = subprocess.run(["pgrep", "-f", "runner_main.py onnxruntime_fp32"], capture_output=True, text=True)
     assert ps.stdout == "", "nothing may be left running on the board"

@@ -137,6 +137,74 @@ def load_tvm(build_dir: Path, manifest: dict, threads: int):
     return run, "tvm " + tvm.__version__
 
 
+def _profile_onnxruntime(build_dir: Path, manifest: dict, threads: int, feeds: list, repeats: int) -> dict:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(build_dir.parent / "ort_profile")
+    sess = ort.InferenceSession(
+        str(build_dir / manifest["artifacts"]["model"]), opts, providers=["CPUExecutionProvider"]
+    )
+    for i in range(repeats):
+        sess.run(None, feeds[i % len(feeds)])
+    trace = Path(sess.end_profiling())
+    events = json.loads(trace.read_text())
+    trace.unlink()
+    ops: dict[str, dict] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            name = e["name"].removesuffix("_kernel_time")
+            op = ops.setdefault(name, {"name": name, "type": e.get("args", {}).get("op_name", "?"), "us": 0.0})
+            op["us"] += e["dur"]
+    return {"tool": "onnxruntime profiler (kernel time)", "ops": list(ops.values())}
+
+
+def _profile_openvino(build_dir: Path, manifest: dict, threads: int, feeds: list, repeats: int) -> dict:
+    import openvino as ov
+
+    config = {
+        "INFERENCE_NUM_THREADS": threads,
+        "PERF_COUNT": True,
+        "INFERENCE_PRECISION_HINT": manifest.get("inference_precision", "f32"),
+    }
+    compiled = ov.Core().compile_model(str(build_dir / manifest["artifacts"]["model"]), "CPU", config)
+    request = compiled.create_infer_request()
+    ops: dict[str, dict] = {}
+    for i in range(repeats):
+        request.infer(feeds[i % len(feeds)])
+        for info in request.get_profiling_info():
+            if info.status != info.Status.EXECUTED:
+                continue
+            op = ops.setdefault(
+                info.node_name, {"name": info.node_name, "type": f"{info.node_type} ({info.exec_type})", "us": 0.0}
+            )
+            op["us"] += info.real_time.total_seconds() * 1e6
+    return {"tool": "OpenVINO performance counters", "ops": list(ops.values())}
+
+
+PROFILERS = {"onnxruntime": _profile_onnxruntime, "openvino": _profile_openvino}
+NO_PROFILER = {
+    "tflite": "the LiteRT Python interpreter has no op profiler: use benchmark_model --enable_op_profiling=true",
+    "tvm": "the TVM runtime VM of an exported library has no per-op profiler; build with relax profiling instruments",
+}
+
+
+def profile_build(build_dir: Path, threads: int, feeds: list, repeats: int = 10) -> dict:
+    """Per-op time (mean µs per inference) where the runtime offers a profiler."""
+    manifest = json.loads((build_dir / "build.json").read_text())
+    backend = manifest["backend"]
+    if backend not in PROFILERS:
+        return {"unavailable": NO_PROFILER[backend]}
+    result = PROFILERS[backend](build_dir, manifest, threads, feeds, repeats)
+    for op in result["ops"]:
+        op["us"] /= repeats
+    result["ops"].sort(key=lambda op: -op["us"])
+    result["repeats"] = repeats
+    return result
+
+
 LOADERS = {"tflite": load_tflite, "onnxruntime": load_onnxruntime, "openvino": load_openvino, "tvm": load_tvm}
 
 
@@ -156,6 +224,9 @@ def _dist_version(name: str) -> str:
 
 
 ARM_PARTS = {
+    "0xc07": "Cortex-A7",
+    "0xc09": "Cortex-A9",
+    "0xc0f": "Cortex-A15",
     "0xd03": "Cortex-A53",
     "0xd05": "Cortex-A55",
     "0xd07": "Cortex-A57",
@@ -163,24 +234,21 @@ ARM_PARTS = {
     "0xd0b": "Cortex-A76",
     "0xd0c": "Neoverse-N1",
     "0xd40": "Neoverse-V1",
-    "0xd4b": "Cortex-A78C",
 }
 
 
 def device_facts() -> dict:
     """CPU model, cores, kernel, Python and machine of the device this runs on."""
-    cpu = platform.processor() or platform.machine()
+    fields = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = (part.strip() for part in line.partition(":"))
-            if key.lower() in ("model name", "hardware"):
-                cpu = value
-                break
-            if key.lower() == "cpu part":
-                cpu = ARM_PARTS.get(value, f"Arm CPU part {value}")
-                break
+            fields.setdefault(key.lower(), value)
     except OSError:
         pass
+    part = fields.get("cpu part")
+    cpu = ARM_PARTS.get(part, f"Arm CPU part {part}") if part else None
+    cpu = cpu or fields.get("model name") or fields.get("hardware") or platform.processor() or platform.machine()
     return {
         "machine": platform.machine(),
         "cpu": cpu,
@@ -198,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--profile", action="store_true", help="also record a per-op profile")
     args = parser.parse_args(argv)
 
     with np.load(args.inputs, allow_pickle=False) as npz:
@@ -236,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "device": device_facts(),
     }
+    if args.profile:
+        result["profile"] = profile_build(args.build_dir, args.threads, feeds)
     if hasattr(run, "runtime_precisions"):
         result["runtime_precisions"] = run.runtime_precisions()
     (args.out_dir / "result.json").write_text(json.dumps(result))
