@@ -31,6 +31,7 @@ class BuildContext:
     outputs: list[TensorSpec]
     out_dir: Path
     work_dir: Path
+    float_nodes: tuple[str, ...] = ()  # ONNX node names to keep in float in int8 builds (accuracy fallback)
 
 
 @dataclass

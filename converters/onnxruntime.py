@@ -19,6 +19,8 @@ class OnnxRuntimeConverter(Converter):
         if ctx.precision == "int8":
             shutil.copyfile(ctx.onnx_qdq, dst)
             quant = "static int8 QDQ, per-channel weights, MinMax calibration (onnxruntime.quantization)"
+            if ctx.float_nodes:
+                quant += f"; {len(ctx.float_nodes)} layer(s) kept in float (accuracy fallback)"
         elif ctx.precision == "fp16":
             from onnxruntime.transformers.float16 import convert_float_to_float16
 

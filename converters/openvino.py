@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from edgekit.converters.base import BuildContext, BuildResult, Converter, io_by_name, write_manifest
 
@@ -22,7 +23,11 @@ class OpenVinoConverter(Converter):
             nncf_log = logging.getLogger("nncf")
             nncf_log.setLevel(logging.ERROR)
             feeds = [ctx.calib.sample(i) for i in range(len(ctx.calib))]
-            model = nncf.quantize(model, nncf.Dataset(feeds), subset_size=len(feeds))
+            # OpenVINO keeps ONNX node names; a Conv's weights op is named "<node>/WithoutBiases".
+            ignored = nncf.IgnoredScope(patterns=[f"{re.escape(n)}(/.*)?" for n in ctx.float_nodes], validate=False)
+            model = nncf.quantize(model, nncf.Dataset(feeds), subset_size=len(feeds), ignored_scope=ignored)
+            if ctx.float_nodes:
+                notes.append(f"accuracy fallback: {len(ctx.float_nodes)} layer(s) kept in float (NNCF ignored scope)")
             quant = f"static int8 (NNCF PTQ, {len(feeds)} calibration samples, fast bias correction)"
             notes.append("on ARM CPUs OpenVINO executes int8 models in fp16; check runtime_precisions")
         elif ctx.precision == "fp16":

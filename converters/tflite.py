@@ -50,6 +50,8 @@ class TfliteConverter(Converter):
                 np.save(work / f"calib_{pos}.npy", data.astype(np.float32))
                 mean, std = (json.dumps(np.full((1,) * data.ndim, v).tolist()) for v in (0.0, 1.0))
                 cmd += ["-cind", spec.name, f"calib_{pos}.npy", mean, std]
+            if ctx.float_nodes:
+                notes.append("accuracy fallback not applied: onnx2tf has no per-layer deny list (all layers int8)")
             quant = (
                 f"full-integer int8 (int8 inputs/outputs), per-channel weights, "
                 f"{len(ctx.calib)} calibration samples (onnx2tf/TFLiteConverter)"

@@ -50,15 +50,15 @@ class TvmConverter(Converter):
             cc = shutil.which(ctx.target.cross_compiler or "")
             if cc is None:
                 package = "g++-" + ctx.target.cross_compiler.removesuffix("-g++")
-                raise RuntimeError(
-                    f"cross compiler '{ctx.target.cross_compiler}' not found; apt-get install {package}"
-                )
+                raise RuntimeError(f"cross compiler '{ctx.target.cross_compiler}' not found; apt-get install {package}")
         shapes = {s.name: list(s.shape) for s in ctx.inputs}
         target = host_target() if on_host and not ctx.target.cpu else ctx.target.tvm_target()
         source, precision, quant, notes = ctx.onnx_fp32, "fp32", "", []
         if ctx.precision == "int8":
             source, precision = ctx.onnx_qdq, "int8"
             quant = "int8 QDQ graph (ORT calibration); TVM computes quantize/dequantize around float kernels"
+            if ctx.float_nodes:
+                quant += f"; {len(ctx.float_nodes)} layer(s) kept in float (accuracy fallback)"
         libs = {ctx.target.arch: f"model_{precision}.{ctx.target.triple}.so"}
         if not on_host:
             libs[platform.machine()] = f"model_{precision}.{platform.machine()}-linux-gnu.so"

@@ -28,6 +28,7 @@ def job_to_json(backend: str, ctx: BuildContext, calib_npz: Path, target_ref: st
         "outputs": [s.to_json() for s in ctx.outputs],
         "out_dir": str(ctx.out_dir),
         "work_dir": str(ctx.work_dir),
+        "float_nodes": list(ctx.float_nodes),
     }
 
 
@@ -47,6 +48,7 @@ def _context(job: dict) -> BuildContext:
         outputs=[TensorSpec(s["name"], tuple(s["shape"]), s["dtype"]) for s in job["outputs"]],
         out_dir=Path(job["out_dir"]),
         work_dir=Path(job["work_dir"]),
+        float_nodes=tuple(job["float_nodes"]),
     )
 
 

@@ -28,6 +28,16 @@ app = typer.Typer(
 err = Console(stderr=True)
 
 
+def _print_error(exc: EdgekitError) -> None:
+    err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+
+
+def _usage_error(exc: EdgekitError) -> typer.Exit:
+    """Print the one-line error; the returned Exit carries code 2 (bad input)."""
+    _print_error(exc)
+    return typer.Exit(2)
+
+
 def parse_input_shapes(values: list[str]) -> dict[str, tuple[tuple[int, ...], str]]:
     """``[NAME:]1x3x224x224[:dtype]`` → {name: (shape, dtype)}; a bare shape has the name ''."""
     shapes = {}
@@ -56,8 +66,7 @@ def _execute(opts: ConvertOptions) -> None:
         with err.status("starting") as status:
             report = convert(opts, log=lambda msg: (status.update(msg), err.log(msg)))
     except EdgekitError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from exc
+        raise _usage_error(exc) from exc
     print_table(report)
     err.print(f"report: {Path(opts.out) / 'report.md'}")
     raise typer.Exit(exit_code(report))
@@ -98,8 +107,7 @@ def convert_cmd(
     try:
         shapes = parse_input_shapes(input_shape or [])
     except EdgekitError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from exc
+        raise _usage_error(exc) from exc
     _execute(
         ConvertOptions(
             model=model,
@@ -158,20 +166,18 @@ def device(
     from edgekit import emulator
 
     if action != "prepare":
-        err.print(f"[bold red]error:[/] unknown action '{action}' — fix: use `edgekit device prepare`")
-        raise typer.Exit(2)
+        raise _usage_error(EdgekitError(f"unknown action '{action}'", "use `edgekit device prepare`"))
     failed = 0
     try:
         images = emulator.images_for(load_target(target).arch)
     except EdgekitError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from exc
+        raise _usage_error(exc) from exc
     for image in images:
         try:
             root = emulator.prepare(image, log=err.log)
             Console().print(f"emulated {image.name} userland ready ({', '.join(image.backends)}): {root}")
         except EdgekitError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            _print_error(exc)
             failed += 1
     raise typer.Exit(1 if failed else 0)
 
@@ -195,8 +201,7 @@ def profile(
     try:
         result = profile_build(build, inputs, device, threads)
     except EdgekitError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from exc
+        raise _usage_error(exc) from exc
     if out:
         out.write_text(json.dumps(result, indent=2))
     lat = result["latency_ms"]

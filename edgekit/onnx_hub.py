@@ -133,7 +133,9 @@ def quantize_qdq(fp32: Path, out: Path, calib: Dataset, workdir: Path) -> Path:
         activation_type=QuantType.QInt8,
         weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax,
-        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        # Keep Relu/Clip nodes (ORT would fold them into the Q ranges): the graph then stays correct when the
+        # accuracy fallback takes a layer out of int8; ORT still fuses them when it runs the graph.
+        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True, "QDQKeepRemovableActivations": True},
     )
     pre.unlink()
     return out

@@ -179,7 +179,7 @@ def _measure_original(source: SourceModel, evalset: Dataset, opts: ConvertOption
         import torch
 
         torch.set_num_threads(opts.threads)
-    run = source.callable()
+    run = source.as_function()
     feeds = [evalset.sample(i) for i in range(len(evalset))]
     try:
         t0 = time.perf_counter()
@@ -236,43 +236,44 @@ def _run(
     out_specs = onnx_hub.onnx_output_specs(onnx_fp32)
     onnx_check = _check_onnx(onnx_fp32, evalset, reference)
 
-    onnx_qdq, qdq_error = None, None
-    if "int8" in precisions and {"onnxruntime", "tvm"} & set(backends):
+    onnx_qdq, qdq_error, fallback = None, None, None
+    budget = opts.budgets.max_accuracy_drop
+    if "int8" in precisions and ({"onnxruntime", "tvm"} & set(backends) or budget is not None):
         log("quantizing to int8 (QDQ) with the calibration set")
         try:
             onnx_qdq = onnx_hub.quantize_qdq(onnx_fp32, staged / "onnx" / "model_int8_qdq.onnx", calib, scratch)
         except Exception as exc:
             qdq_error = f"ONNX Runtime static quantization failed: {one_line(exc)}"
+    if onnx_qdq is not None and budget is not None:
+        fallback = _accuracy_fallback(onnx_fp32, onnx_qdq, calib, budget, log)
 
     calib_npz, eval_npz = scratch / "calib.npz", scratch / "eval_inputs.npz"
     np.savez(calib_npz, **calib.inputs)
     np.savez(eval_npz, **evalset.inputs)
-    target_ref = opts.target
+    run = _BuildRun(
+        tuple(fallback["kept_float"]) if fallback else (),
+        opts,
+        target,
+        runner,
+        onnx_fp32,
+        onnx_qdq,
+        qdq_error,
+        calib,
+        evalset,
+        specs,
+        out_specs,
+        reference,
+        original,
+        calib_npz,
+        eval_npz,
+        scratch,
+        staged,
+    )
     builds = []
     for precision in precisions:
         for backend in backends:
             log(f"building {backend} {precision}")
-            row = _build_and_check(
-                backend,
-                precision,
-                target,
-                target_ref,
-                runner,
-                onnx_fp32,
-                onnx_qdq,
-                qdq_error,
-                calib,
-                evalset,
-                specs,
-                out_specs,
-                reference,
-                calib_npz,
-                eval_npz,
-                scratch,
-                staged,
-                opts,
-                original,
-            )
+            row = _build_and_check(run, backend, precision)
             builds.append(row)
             log(f"{backend} {precision}: {row['status']}" + (f" ({row['reason']})" if row.get("reason") else ""))
     report = {
@@ -298,6 +299,7 @@ def _run(
             "check": onnx_check,
             "qdq": "onnx/model_int8_qdq.onnx" if onnx_qdq else None,
         },
+        "accuracy_fallback": fallback,
         "builds": builds,
         "not_verified": _not_verified(target, runner),
     }
@@ -305,6 +307,29 @@ def _run(
 
     write_report(report, staged)
     return report
+
+
+def _accuracy_fallback(fp32: Path, qdq: Path, calib: Dataset, budget: float, log: Log) -> dict:
+    """Keep the most int8-sensitive layers in float (chosen on calibration data) and rewrite the QDQ graph."""
+    import onnx
+
+    from edgekit.fallback import find_fallback, float_nodes
+
+    result = find_fallback(fp32, qdq, calib, budget, log)
+    if result.kept_float:
+        onnx.save(float_nodes(onnx.load(str(qdq)), set(result.kept_float)), str(qdq))
+        log(f"accuracy fallback: {len(result.kept_float)} layer(s) kept in float")
+    return {
+        "max_drop_points": budget,
+        "chosen_on": f"{len(calib)} calibration samples, agreement with the fp32 graph",
+        "kept_float": result.kept_float,
+        "agreement_before": result.agreement_before,
+        "agreement_after": result.agreement_after,
+        "cosine_before": result.cosine_before,
+        "cosine_after": result.cosine_after,
+        "met_on_calibration": result.met,
+        "most_sensitive": [{"node": n, "gain": g} for n, g in result.sensitivity[:10]],
+    }
 
 
 def _check_onnx(path: Path, evalset: Dataset, reference: list[np.ndarray]) -> dict:
@@ -329,32 +354,36 @@ def _check_onnx(path: Path, evalset: Dataset, reference: list[np.ndarray]) -> di
     return check
 
 
-def _build_and_check(
-    backend,
-    precision,
-    target,
-    target_ref,
-    runner,
-    onnx_fp32,
-    onnx_qdq,
-    qdq_error,
-    calib,
-    evalset,
-    specs,
-    out_specs,
-    reference,
-    calib_npz,
-    eval_npz,
-    scratch,
-    staged,
-    opts,
-    original,
-) -> dict:
-    name = f"{backend}_{precision}"
+@dataclass
+class _BuildRun:
+    """What every build of one convert run shares."""
+
+    float_nodes: tuple[str, ...]
+    opts: ConvertOptions
+    target: Target
+    runner: Runner
+    onnx_fp32: Path
+    onnx_qdq: Path | None
+    qdq_error: str | None
+    calib: Dataset
+    evalset: Dataset
+    specs: list[TensorSpec]
+    out_specs: list[TensorSpec]
+    reference: list[np.ndarray]
+    original: dict
+    calib_npz: Path
+    eval_npz: Path
+    scratch: Path
+    staged: Path
+
+
+def _build_and_check(run: _BuildRun, backend: str, precision: str) -> dict:
+    """Build one backend × precision in a worker process, run it on the device, compare it with the original."""
+    name, opts, runner = f"{backend}_{precision}", run.opts, run.runner
     row: dict = {
         "backend": backend,
         "precision": precision,
-        "target": target.name,
+        "target": run.target.name,
         "device": runner.label(),
         "status": "failed",
         "artifacts": [],
@@ -362,23 +391,29 @@ def _build_and_check(
         "latency_ms": None,
         "accuracy": None,
     }
-    out_dir = staged / name
-    if precision == "int8" and backend in ("onnxruntime", "tvm") and onnx_qdq is None:
-        row["reason"] = qdq_error or "no int8 QDQ graph"
+    out_dir = run.staged / name
+
+    def unbuilt(status: str, reason: str) -> dict:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        row.update(status=status, reason=reason)
         return row
+
+    if precision == "int8" and backend in ("onnxruntime", "tvm") and run.onnx_qdq is None:
+        return unbuilt("failed", run.qdq_error or "no int8 QDQ graph")
     ctx = BuildContext(
-        onnx_fp32=onnx_fp32,
-        onnx_qdq=onnx_qdq,
+        onnx_fp32=run.onnx_fp32,
+        onnx_qdq=run.onnx_qdq,
         precision=precision,
-        target=target,
-        calib=calib,
-        inputs=specs,
-        outputs=out_specs,
+        target=run.target,
+        calib=run.calib,
+        inputs=run.specs,
+        outputs=run.out_specs,
         out_dir=out_dir,
-        work_dir=scratch / f"work_{name}",
+        work_dir=run.scratch / f"work_{name}",
+        float_nodes=run.float_nodes if precision == "int8" else (),
     )
-    job = scratch / f"job_{name}.json"
-    job.write_text(json.dumps(job_to_json(backend, ctx, calib_npz, target_ref)))
+    job = run.scratch / f"job_{name}.json"
+    job.write_text(json.dumps(job_to_json(backend, ctx, run.calib_npz, opts.target)))
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(
@@ -388,21 +423,15 @@ def _build_and_check(
             timeout=opts.timeout_s,
         )
     except subprocess.TimeoutExpired:
-        row["reason"] = f"conversion timed out after {opts.timeout_s:.0f} s"
-        shutil.rmtree(out_dir, ignore_errors=True)
-        return row
+        return unbuilt("failed", f"conversion timed out after {opts.timeout_s:.0f} s")
     row["build_s"] = round(time.perf_counter() - t0, 2)
     result_path = job.with_suffix(".result.json")
     if not result_path.exists():
         tail = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1:] or [f"exit code {proc.returncode}"]
-        row["reason"] = f"converter crashed: {tail[0][:200]}"
-        shutil.rmtree(out_dir, ignore_errors=True)
-        return row
+        return unbuilt("failed", f"converter crashed: {tail[0][:200]}")
     result = json.loads(result_path.read_text())
     if result["status"] != "ok":
-        row.update(status=result["status"], reason=result["reason"])
-        shutil.rmtree(out_dir, ignore_errors=True)
-        return row
+        return unbuilt(result["status"], result["reason"])
     build = result["build"]
     row.update(
         precision=build["precision"],
@@ -410,9 +439,8 @@ def _build_and_check(
         quantization=build["quantization"],
         notes=build["notes"],
     )
-    files = sorted(p for p in out_dir.iterdir() if p.is_file())
-    row["artifacts"] = [str(p.relative_to(staged)) for p in files]
-    deployable = [out_dir / f for key, f in build["artifacts"].items() if key in ("model", "weights", target.arch)]
+    row["artifacts"] = [str(p.relative_to(run.staged)) for p in sorted(out_dir.iterdir()) if p.is_file()]
+    deployable = [out_dir / f for key, f in build["artifacts"].items() if key in ("model", "weights", run.target.arch)]
     row["size_bytes"] = sum(p.stat().st_size for p in deployable)
     not_runnable = runner.cannot_run(backend)
     if not_runnable:
@@ -421,25 +449,28 @@ def _build_and_check(
     warmup, runs = runner.repetitions(opts.warmup, opts.runs)
     spec = RunSpec(warmup=warmup, runs=runs, threads=opts.threads, timeout=opts.timeout_s)
     try:
-        run = runner.run(out_dir, eval_npz, scratch / f"run_{name}", spec)
-        row["accuracy"] = compare(reference, run.outputs, evalset.labels)
+        measured = runner.run(out_dir, run.eval_npz, run.scratch / f"run_{name}", spec)
+        row["accuracy"] = compare(run.reference, measured.outputs, run.evalset.labels)
     except (RunnerError, ValueError) as exc:
         row["reason"] = f"built, but the check failed: {one_line(exc)}"
         return row
-    info = run.info
-    row["latency_ms"] = latency_stats(info["latencies_ms"])
-    row["latency_kind"] = "emulated" if runner.emulated else "measured"
-    row["load_s"] = info["load_s"]
-    row["first_inference_ms"] = info["first_inference_ms"]
-    row["peak_rss_mb"] = info["peak_rss_mb"]
-    row["runtime"] = info["runtime"]
-    row["threads"] = info["threads"]
-    row["runs"], row["warmup"] = info["runs"], info["warmup"]
-    row["device_facts"] = info["device"]
+    info = measured.info
+    row.update(
+        latency_ms=latency_stats(info["latencies_ms"]),
+        latency_kind="emulated" if runner.emulated else "measured",
+        load_s=info["load_s"],
+        first_inference_ms=info["first_inference_ms"],
+        peak_rss_mb=info["peak_rss_mb"],
+        runtime=info["runtime"],
+        threads=info["threads"],
+        runs=info["runs"],
+        warmup=info["warmup"],
+        device_facts=info["device"],
+    )
     if "runtime_precisions" in info:
         row["runtime_precisions"] = info["runtime_precisions"]
     if runner.name == "host":
-        row["speedup_vs_original"] = original["latency_ms"]["p50"] / row["latency_ms"]["p50"]
+        row["speedup_vs_original"] = run.original["latency_ms"]["p50"] / row["latency_ms"]["p50"]
     row["status"] = "ok"
     row["budget"] = _check_budgets(row, opts.budgets)
     return row
@@ -452,10 +483,14 @@ def _check_budgets(row: dict, budgets: Budgets) -> dict:
     if budgets.min_cosine is not None and acc["cosine"] < budgets.min_cosine:
         violations.append(f"cosine {acc['cosine']:.4f} < {budgets.min_cosine}")
     task = acc.get("task_metric")
-    if budgets.max_accuracy_drop is not None and task is not None:
-        drop = (task["original"] - task["build"]) * 100
+    if budgets.max_accuracy_drop is not None:
+        # Points of task accuracy when labels are given, else points of top-1 agreement (or of cosine).
+        if task is not None:
+            drop, what = (task["original"] - task["build"]) * 100, "accuracy"
+        else:
+            drop, what = (1.0 - acc.get("top1_agreement", acc["cosine"])) * 100, "agreement"
         if drop > budgets.max_accuracy_drop:
-            violations.append(f"accuracy drop {drop:.2f} pt > {budgets.max_accuracy_drop} pt")
+            violations.append(f"{what} drop {drop:.2f} pt > {budgets.max_accuracy_drop} pt")
     if budgets.max_latency_ms is not None and row["latency_ms"]["p50"] > budgets.max_latency_ms:
         if row.get("latency_kind") == "emulated":
             violations.append("latency budget not checkable: emulated latency is not device latency")

@@ -107,6 +107,19 @@ def markdown(report: dict) -> str:
             details.append(f"- **{r['backend']} {r['precision']}** — " + "; ".join(bits))
     if details:
         lines += ["## Builds", "", *details, ""]
+    fb = report.get("accuracy_fallback")
+    if fb:
+        kept = ", ".join(f"`{n}`" for n in fb["kept_float"]) or "none needed"
+        lines += [
+            "## Accuracy fallback",
+            "",
+            f"Budget {fb['max_drop_points']} pt; chosen on {fb['chosen_on']}: agreement "
+            f"{fb['agreement_before'] * 100:.1f}% → {fb['agreement_after'] * 100:.1f}%, cosine "
+            f"{fb['cosine_before']:.4f} → {fb['cosine_after']:.4f}"
+            f"{'' if fb['met_on_calibration'] else ' (budget NOT met on calibration data)'}. "
+            f"Layers kept in float: {kept}.",
+            "",
+        ]
     if report["not_verified"]:
         lines += ["## Not verified", "", *[f"- {n}" for n in report["not_verified"]], ""]
     return "\n".join(lines)

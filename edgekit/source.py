@@ -35,7 +35,7 @@ class SourceModel:
     def is_torch(self) -> bool:
         return self.framework != "onnx"
 
-    def callable(self):
+    def as_function(self):
         """A function mapping an input dict (batch of one) to a list of numpy outputs."""
         if self.is_torch:
             import torch

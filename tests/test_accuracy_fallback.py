@@ -1,0 +1,71 @@
+"""Accuracy budget: a CNN whose int8 collapses keeps its most sensitive layers in float and meets the budget."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from edgekit import Budgets, ConvertOptions, convert
+from edgekit.models.small_cnn import SmallCNN
+from edgekit.report import exit_code
+
+
+@pytest.fixture(scope="module")
+def outlier_weights(tmp_path_factory, cnn_case):
+    """The trained digits CNN with one channel scaled ×300 and the next conv scaled back: the same function in
+    fp32, but a per-tensor int8 range for that activation that crushes every other channel."""
+    model = SmallCNN()
+    model.load_state_dict(torch.load(cnn_case["weights"], weights_only=True))
+    with torch.no_grad():
+        model.features[1].weight[0] *= 300
+        model.features[1].bias[0] *= 300
+        model.features[3].weight[:, 0] /= 300
+    path = tmp_path_factory.mktemp("outlier") / "cnn_outlier.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def _convert(tmp_path, weights, cnn_case, budget):
+    return convert(
+        ConvertOptions(
+            model="edgekit.models.small_cnn:SmallCNN",
+            weights=weights,
+            target="host",
+            calib=cnn_case["calib"],
+            eval=cnn_case["eval"],
+            out=tmp_path,
+            backends=("onnxruntime", "tvm", "tflite"),
+            runs=2,
+            warmup=0,
+            budgets=Budgets(max_accuracy_drop=budget),
+        )
+    )
+
+
+def _drop(row) -> float:
+    task = row["accuracy"]["task_metric"]
+    return (task["original"] - task["build"]) * 100
+
+
+def test_int8_collapse_is_real_without_a_budget(tmp_path, outlier_weights, cnn_case):
+    report = _convert(tmp_path / "o", outlier_weights, cnn_case, None)
+    rows = {b["backend"]: b for b in report["builds"]}
+    assert report["accuracy_fallback"] is None
+    assert _drop(rows["onnxruntime"]) > 20
+
+
+def test_budget_keeps_the_fewest_sensitive_layers_in_float(tmp_path, outlier_weights, cnn_case):
+    report = _convert(tmp_path / "o", outlier_weights, cnn_case, 3.0)
+    fb = report["accuracy_fallback"]
+    assert fb["met_on_calibration"] and 1 <= len(fb["kept_float"]) < 4, fb  # not everything went back to float
+    assert fb["agreement_after"] >= 0.97 > fb["agreement_before"]
+    rows = {b["backend"]: b for b in report["builds"]}
+    for backend in ("onnxruntime", "tvm"):  # both built from the same QDQ graph with those layers in float
+        assert rows[backend]["budget"]["passed"], rows[backend]["budget"]
+        assert _drop(rows[backend]) <= 3.0
+        assert "kept in float" in rows[backend]["quantization"]
+    # onnx2tf has no per-layer deny list: the TFLite row says so, misses the budget, and fails the run.
+    assert any("not applied" in n for n in rows["tflite"]["notes"])
+    assert not rows["tflite"]["budget"]["passed"]
+    assert exit_code(report) == 1
+    assert "## Accuracy fallback" in (tmp_path / "o" / "report.md").read_text()
