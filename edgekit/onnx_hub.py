@@ -25,9 +25,7 @@ def export_onnx(source: SourceModel, specs: list[TensorSpec], out: Path) -> Path
     if source.framework == "onnx":
         model = onnx.load(str(source.onnx_path))
         if any(-1 in s.shape for s in source.input_specs or []):
-            from onnx.tools import update_model_dims
-
-            model = update_model_dims.update_inputs_outputs_dims(model, {s.name: list(s.shape) for s in specs}, {})
+            model = _fix_input_shapes(model, specs)
     else:
         model = _torch_to_onnx(source, specs)
     try:
@@ -37,6 +35,22 @@ def export_onnx(source: SourceModel, specs: list[TensorSpec], out: Path) -> Path
         logging.getLogger("edgekit").warning("onnxslim failed (%s); keeping the exported graph", exc)
     onnx.save(model, str(out))
     return out
+
+
+def _fix_input_shapes(model, specs: list[TensorSpec]):
+    """Give dynamic inputs the static shapes edge runtimes want, and re-infer the outputs' shapes."""
+    import onnx
+
+    shapes = {s.name: s.shape for s in specs}
+    for value in model.graph.input:
+        if value.name in shapes:
+            for dim, size in zip(value.type.tensor_type.shape.dim, shapes[value.name], strict=True):
+                dim.ClearField("dim_param")
+                dim.dim_value = size
+    for value in model.graph.output:
+        value.type.tensor_type.ClearField("shape")
+    del model.graph.value_info[:]
+    return onnx.shape_inference.infer_shapes(model, strict_mode=True)
 
 
 def _torch_to_onnx(source: SourceModel, specs: list[TensorSpec]):

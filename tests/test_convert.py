@@ -167,14 +167,24 @@ def test_onnx_torchscript_and_export_sources(tmp_path, cnn_case):
     torch.onnx.export(model, (x,), str(tmp_path / "m.onnx"), input_names=["pixels"], dynamo=True)
     torch.jit.save(torch.jit.trace(model, x), str(tmp_path / "m.ts"))
     torch.export.save(torch.export.export(model, (x,)), str(tmp_path / "m.pt2"))
-    for path, framework in (("m.onnx", "onnx"), ("m.ts", "torchscript"), ("m.pt2", "torch.export")):
+    # A dynamic batch axis gets the static shape of the data (edge runtimes want static shapes).
+    torch.onnx.export(
+        model,
+        (x,),
+        str(tmp_path / "dyn.onnx"),
+        input_names=["pixels"],
+        dynamo=False,
+        dynamic_axes={"pixels": {0: "batch"}},
+    )
+    sources = (("m.onnx", "onnx"), ("dyn.onnx", "onnx"), ("m.ts", "torchscript"), ("m.pt2", "torch.export"))
+    for path, framework in sources:
         report = convert(
             ConvertOptions(
                 model=str(tmp_path / path),
                 target="host",
                 calib=cnn_case["calib"],
                 eval=cnn_case["eval"],
-                out=tmp_path / f"o_{framework}",
+                out=tmp_path / f"o_{path}",
                 backends=("onnxruntime", "tvm"),
                 precisions=("fp32",),
                 runs=3,
