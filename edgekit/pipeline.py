@@ -508,7 +508,7 @@ def _not_verified(target: Target, runner: Runner) -> list[str]:
             f"outputs and accuracy come from the {target.arch} builds running in an emulated device "
             f"({runner.describe()}); its latencies are emulation latencies (10–400× slower than a real "
             f"core, run count reduced to ≤ {runner.MAX_RUNS}): compare builds with them, never quote them "
-            "as device latency; no speed-up against the host-measured original is given"
+            "as device latency; no speed-up against the host-measured original is given; peak RSS includes qemu itself"
         )
     if runner.name == "host" and target.arch != platform.machine():
         notes.append(

@@ -237,6 +237,17 @@ ARM_PARTS = {
 }
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process. VmHWM starts afresh at exec; ru_maxrss keeps the forking parent's."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def device_facts() -> dict:
     """CPU model, cores, kernel, Python and machine of the device this runs on."""
     fields = {}
@@ -302,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_s": load_s,
         "first_inference_ms": first_s * 1e3,
         "latencies_ms": times,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "device": device_facts(),
     }
     if args.profile:
