@@ -68,6 +68,15 @@ def _original_cells(report: dict) -> list[str]:
     ]
 
 
+def _runs_as_run(report: dict) -> str:
+    """Say so when the device ran fewer repetitions than asked (emulation caps them)."""
+    used = sorted({(b["warmup"], b["runs"]) for b in report["builds"] if b.get("runs") is not None})
+    asked = (report["settings"]["warmup"], report["settings"]["runs"])
+    if not used or used == [asked]:
+        return ""
+    return " (as run on the device: " + ", ".join(f"{w} warm-up + {r} timed" for w, r in used) + ")"
+
+
 def markdown(report: dict) -> str:
     t = report["target"]
     lines = [
@@ -76,7 +85,8 @@ def markdown(report: dict) -> str:
         f"Checked by: {report['runner']}. Held-out samples: {report['data']['evaluation']['samples']} "
         f"from `{report['data']['evaluation']['source']}`; calibration: {report['data']['calibration']['samples']} "
         f"samples from `{report['data']['calibration']['source']}`. Latency: {report['settings']['warmup']} "
-        f"warm-up + {report['settings']['runs']} timed runs, {report['settings']['threads']} thread(s).",
+        f"warm-up + {report['settings']['runs']} timed runs, {report['settings']['threads']} thread(s)"
+        f"{_runs_as_run(report)}.",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),

@@ -89,6 +89,7 @@ def test_every_backend_builds_runs_on_the_emulated_arm64_device_and_agrees(arm64
     assert "emulation latencies" in report["not_verified"][0]
     md = (out / "report.md").read_text()
     assert "| tflite | int8 |" in md and "## Not verified" in md
+    assert "as run on the device: 2 warm-up + 10 timed" in md
 
 
 def test_the_int8_tflite_is_really_integer(arm64_int8, cnn_case):
