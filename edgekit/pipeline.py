@@ -38,7 +38,7 @@ class Budgets:
 
     min_top1_agreement: float | None = None
     min_cosine: float | None = None
-    max_accuracy_drop: float | None = None  # points of the task metric, when labels are given
+    max_accuracy_drop: float | None = None  # points of task accuracy (labels given), else of top-1 agreement
     max_latency_ms: float | None = None  # p50 on the device that ran the build
 
 
@@ -137,27 +137,9 @@ def _data(opts: ConvertOptions, source: SourceModel) -> tuple[Dataset, Dataset, 
     specs = _resolve_specs(opts, source)
     data = load_dataset(opts.calib, specs, opts.image)
     if specs is None:
-        specs = specs_from_dataset(data)
-        names = source.input_names or []
-        if len(specs) == 1 and len(names) == 1:
-            specs = [TensorSpec(names[0], specs[0].shape, specs[0].dtype)]
-            data = Dataset({names[0]: next(iter(data.inputs.values()))}, data.labels, data.source)
-        elif names and sorted(s.name for s in specs) != sorted(names):
-            raise EdgekitError(
-                f"calibration arrays {sorted(data.inputs)} do not match the model inputs {names}",
-                "name the arrays after the model inputs",
-            )
-        elif source.input_specs:
-            for s, m in zip(
-                sorted(specs, key=lambda s: s.name), sorted(source.input_specs, key=lambda s: s.name), strict=True
-            ):
-                if len(s.shape) != len(m.shape) or any(
-                    a != b and b != -1 for a, b in zip(s.shape, m.shape, strict=True)
-                ):
-                    raise EdgekitError(
-                        f"input '{s.name}': the data has shape {s.shape}, the model {m.shape}",
-                        "give data with the model's input shape",
-                    )
+        specs = _specs_from_data(data, source)
+        if len(specs) == 1 and specs[0].name not in data.inputs:
+            data = Dataset({specs[0].name: next(iter(data.inputs.values()))}, data.labels, data.source)
     if opts.eval is not None:
         evalset = load_dataset(opts.eval, specs, opts.image)
         calib = data.take(0, min(opts.calib_size, len(data)))
@@ -172,6 +154,30 @@ def _data(opts: ConvertOptions, source: SourceModel) -> tuple[Dataset, Dataset, 
         calib = data.take(0, n_calib)
         evalset = data.take(n_calib, n_calib + opts.eval_size)
     return calib, evalset, specs
+
+
+def _specs_from_data(data: Dataset, source: SourceModel) -> list[TensorSpec]:
+    """Input specs taken from the data, named and ordered as the model's inputs, checked against its shapes."""
+    specs = specs_from_dataset(data)
+    names = source.input_names or []
+    if len(specs) == 1 and len(names) == 1:
+        specs = [TensorSpec(names[0], specs[0].shape, specs[0].dtype)]
+    elif names:
+        if sorted(s.name for s in specs) != sorted(names):
+            raise EdgekitError(
+                f"calibration arrays {sorted(data.inputs)} do not match the model inputs {names}",
+                "name the arrays after the model inputs",
+            )
+        specs = sorted(specs, key=lambda spec: names.index(spec.name))  # the model's argument order
+    for spec, model_spec in zip(specs, source.input_specs or [], strict=False):
+        if len(spec.shape) != len(model_spec.shape) or any(
+            a != b and b != -1 for a, b in zip(spec.shape, model_spec.shape, strict=True)
+        ):
+            raise EdgekitError(
+                f"input '{spec.name}': the data has shape {spec.shape}, the model {model_spec.shape}",
+                "give data with the model's input shape",
+            )
+    return specs
 
 
 def _measure_original(source: SourceModel, evalset: Dataset, opts: ConvertOptions) -> tuple[list[np.ndarray], dict]:

@@ -224,7 +224,7 @@ def test_multi_input_int64_encoder(tmp_path, digits):
     ids = np.rint(x[:40, 0, :2].reshape(40, 16) * 16).astype(np.int64)
     mask = np.ones_like(ids)
     mask[::3, 12:] = 0
-    np.savez(tmp_path / "tokens.npz", input_ids=ids, attention_mask=mask)
+    np.savez(tmp_path / "tokens.npz", attention_mask=mask, input_ids=ids)  # not in forward() order
     report = convert(
         ConvertOptions(
             model="tests.test_convert:build_encoder",
