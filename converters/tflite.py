@@ -84,6 +84,8 @@ class TfliteConverter(Converter):
         import onnxruntime as ort
         from ai_edge_litert.interpreter import Interpreter
 
+        from edgekit.runtime.runner_main import load_tflite
+
         interp = Interpreter(model_path=str(model_path))
         interp.allocate_tensors()
         details = interp.get_input_details()
@@ -97,8 +99,6 @@ class TfliteConverter(Converter):
             if tuple(details[idx]["shape"]) != want and tuple(details[idx]["shape"]) == spec.shape:
                 perm = None
             inputs.append({"name": spec.name, "index": idx, "perm": perm})
-        from edgekit.runtime.runner_main import load_tflite
-
         feed = ctx.calib.sample(0)
         reference = ort.InferenceSession(str(ctx.onnx_fp32), providers=["CPUExecutionProvider"]).run(None, feed)
         out_details = interp.get_output_details()
