@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from edgekit import ConvertOptions
 from edgekit.models.small_cnn import train_small_cnn
 
 N_TRAIN = 1300
@@ -40,3 +41,15 @@ def cnn_case(tmp_path_factory, digits) -> dict:
         "eval": root / "eval.npz",
         "accuracy": accuracy,
     }
+
+
+def cnn_options(cnn_case: dict, **overrides) -> ConvertOptions:
+    """ConvertOptions for the trained digits CNN with its calibration data; keywords override."""
+    return ConvertOptions(
+        **{
+            "model": "edgekit.models.small_cnn:SmallCNN",
+            "weights": cnn_case["weights"],
+            "calib": cnn_case["calib"],
+            **overrides,
+        }
+    )

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from edgekit import ConvertOptions, convert
 from edgekit.cli import app
 from edgekit.runtime.runner_main import load_build
+from tests.conftest import cnn_options
 
 runner = CliRunner()
 ELF_MACHINE = {"aarch64": 183, "x86_64": 62}
@@ -107,11 +108,9 @@ def test_the_int8_tflite_is_really_integer(arm64_int8, cnn_case):
 
 
 def test_budget_miss_exits_1(tmp_path, cnn_case):
-    opts = ConvertOptions(
-        model="edgekit.models.small_cnn:SmallCNN",
-        weights=cnn_case["weights"],
+    opts = cnn_options(
+        cnn_case,
         target="host",
-        calib=cnn_case["calib"],
         out=tmp_path / "o",
         backends=("onnxruntime",),
         runs=5,
@@ -248,11 +247,9 @@ def test_emulated_device_rejects_a_build_for_the_wrong_architecture(tmp_path, cn
     from edgekit.target import load_target
 
     report = convert(
-        ConvertOptions(
-            model="edgekit.models.small_cnn:SmallCNN",
-            weights=cnn_case["weights"],
+        cnn_options(
+            cnn_case,
             target="host",
-            calib=cnn_case["calib"],
             out=tmp_path / "o",
             backends=("tvm",),
             precisions=("fp32",),
@@ -281,11 +278,9 @@ def test_emulated_device_rejects_a_build_for_the_wrong_architecture(tmp_path, cn
 
 def test_armv7_runs_what_armv7_can_and_says_what_it_cannot(tmp_path, cnn_case):
     report = convert(
-        ConvertOptions(
-            model="edgekit.models.small_cnn:SmallCNN",
-            weights=cnn_case["weights"],
+        cnn_options(
+            cnn_case,
             target="armv7",
-            calib=cnn_case["calib"],
             eval=cnn_case["eval"],
             out=tmp_path / "o",
             runs=3,

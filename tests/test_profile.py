@@ -8,20 +8,19 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edgekit import ConvertOptions, convert
+from edgekit import convert
 from edgekit.cli import app
+from tests.conftest import cnn_options
 
 
 @pytest.fixture(scope="module")
 def builds(tmp_path_factory, cnn_case):
     root = tmp_path_factory.mktemp("prof")
     convert(
-        ConvertOptions(
-            model="edgekit.models.small_cnn:SmallCNN",
-            weights=cnn_case["weights"],
+        cnn_options(
+            cnn_case,
             target="arm64",
             device="host",
-            calib=cnn_case["calib"],
             out=root / "o",
             backends=("onnxruntime", "openvino", "tflite"),
             runs=2,

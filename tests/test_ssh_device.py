@@ -13,9 +13,10 @@ import time
 import numpy as np
 import pytest
 
-from edgekit import ConvertOptions, convert
+from edgekit import convert
 from edgekit.errors import EdgekitError
 from edgekit.runners import RunnerError, RunSpec, SshRunner
+from tests.conftest import cnn_options
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 pytestmark = pytest.mark.skipif(not os.path.exists(SSHD), reason="openssh-server is not installed")
@@ -65,12 +66,10 @@ def board(tmp_path_factory):
 
 def test_convert_and_check_over_ssh(tmp_path, board, cnn_case):
     report = convert(
-        ConvertOptions(
-            model="edgekit.models.small_cnn:SmallCNN",
-            weights=cnn_case["weights"],
+        cnn_options(
+            cnn_case,
             target="host",
             device=board["url"],
-            calib=cnn_case["calib"],
             eval=cnn_case["eval"],
             out=tmp_path / "o",
             backends=("onnxruntime", "tflite"),
@@ -131,11 +130,9 @@ def test_missing_runtime_on_the_board_is_named(tmp_path, board, cnn_case):
 
 def test_a_hanging_runner_is_killed_on_the_board(tmp_path, board, cnn_case):
     report = convert(
-        ConvertOptions(
-            model="edgekit.models.small_cnn:SmallCNN",
-            weights=cnn_case["weights"],
+        cnn_options(
+            cnn_case,
             target="host",
-            calib=cnn_case["calib"],
             out=tmp_path / "o",
             backends=("onnxruntime",),
             precisions=("fp32",),
