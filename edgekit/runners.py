@@ -52,7 +52,6 @@ class Runner(ABC):
 
     name: str
     emulated = False
-    arch = platform.machine()
 
     def prepare(self, log=lambda msg: None) -> None:  # noqa: B027 — most devices need no preparation
         """Make the device ready (fail early, with a clear error, before anything is built)."""
@@ -259,7 +258,7 @@ class SshRunner(Runner):
         self.facts: dict = {}
 
     @property
-    def arch(self) -> str:  # type: ignore[override]
+    def arch(self) -> str:
         return self.facts.get("machine", "?")
 
     def label(self) -> str:

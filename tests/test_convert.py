@@ -93,6 +93,21 @@ def test_every_backend_builds_runs_on_the_emulated_arm64_device_and_agrees(arm64
     assert "as run on the device: 2 warm-up + 10 timed" in md
 
 
+def test_converter_interface_loads_and_describes_a_build(arm64_int8, cnn_case):
+    from edgekit.converters import BuildResult, get_converter
+
+    _, out = arm64_int8
+    converter = get_converter("onnxruntime")
+    manifest = json.loads((out / "onnxruntime_int8" / "build.json").read_text())
+    run = converter.load(out / "onnxruntime_int8")
+    x = np.load(cnn_case["eval"])["input"][:1]
+    with torch.inference_mode():
+        ref = cnn_case["model"](torch.from_numpy(x)).numpy()
+    assert run({"x": x})[0].argmax() == ref.argmax()
+    text = converter.describe(BuildResult("onnxruntime", "int8", manifest["artifacts"], quantization="static int8"))
+    assert text == "onnxruntime int8 (static int8): model_int8.onnx"
+
+
 def test_the_int8_tflite_is_really_integer(arm64_int8, cnn_case):
     from ai_edge_litert.interpreter import Interpreter
 
