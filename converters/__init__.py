@@ -11,6 +11,8 @@ _MODULES = {
     "tflite": ("tflite", "TfliteConverter"),
     "openvino": ("openvino", "OpenVinoConverter"),
     "tvm": ("tvm", "TvmConverter"),
+    "coreml": ("coreml", "CoreMlConverter"),
+    "hls4ml": ("hls4ml", "Hls4mlConverter"),
 }
 BACKENDS = tuple(_MODULES)
 

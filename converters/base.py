@@ -32,6 +32,8 @@ class BuildContext:
     out_dir: Path
     work_dir: Path
     float_nodes: tuple[str, ...] = ()  # ONNX node names to keep in float in int8 builds (accuracy fallback)
+    torch_model: Path | None = None  # the (pruned) PyTorch model, pickled, for backends that convert from PyTorch
+    options: dict = field(default_factory=dict)  # this backend's user overrides (e.g. hls4ml per-layer config)
 
 
 @dataclass

@@ -29,6 +29,8 @@ def job_to_json(backend: str, ctx: BuildContext, calib_npz: Path, target_ref: st
         "out_dir": str(ctx.out_dir),
         "work_dir": str(ctx.work_dir),
         "float_nodes": list(ctx.float_nodes),
+        "torch_model": str(ctx.torch_model) if ctx.torch_model else None,
+        "options": ctx.options,
     }
 
 
@@ -49,6 +51,8 @@ def _context(job: dict) -> BuildContext:
         out_dir=Path(job["out_dir"]),
         work_dir=Path(job["work_dir"]),
         float_nodes=tuple(job["float_nodes"]),
+        torch_model=Path(job["torch_model"]) if job["torch_model"] else None,
+        options=job["options"],
     )
 
 

@@ -12,10 +12,12 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markdown import Markdown
 
 from edgekit.data import ImagePreprocess
 from edgekit.errors import EdgekitError
 from edgekit.pipeline import Budgets, ConvertOptions, convert
+from edgekit.prune import PruneConfig
 from edgekit.report import exit_code, print_table
 from edgekit.target import list_targets, load_target
 
@@ -101,11 +103,32 @@ def convert_cmd(
     min_cosine: Annotated[float | None, typer.Option(help="budget: output cosine")] = None,
     max_accuracy_drop: Annotated[float | None, typer.Option(help="budget: task-accuracy points")] = None,
     max_latency_ms: Annotated[float | None, typer.Option(help="budget: p50 ms on the device")] = None,
+    prune: Annotated[
+        str | None, typer.Option(help="structured:RATIO (removes channels) or unstructured:RATIO (zeros weights)")
+    ] = None,
+    prune_importance: Annotated[str, typer.Option(help="l1 | l2 | bn | taylor (needs --train)")] = "l2",
+    prune_ignore: Annotated[list[str] | None, typer.Option(help="module name regex never pruned, repeatable")] = None,
+    prune_round_to: Annotated[int, typer.Option(help="keep channel counts multiples of this")] = 1,
+    recover_steps: Annotated[int, typer.Option(help="self-distillation steps after pruning (0: BN only)")] = 0,
+    recover_lr: Annotated[float, typer.Option(help="learning rate of the recovery steps")] = 1e-3,
+    train: Annotated[Path | None, typer.Option(help="labelled .npz: recovery also fine-tunes on the labels")] = None,
 ) -> None:
     """Convert MODEL for TARGET, run every build, check it against the original and write a report."""
     m, s = _floats(mean), _floats(std)
     try:
         shapes = parse_input_shapes(input_shape or [])
+        pruning = (
+            PruneConfig.parse(
+                prune,
+                importance=prune_importance,
+                ignore=tuple(prune_ignore or ()),
+                round_to=prune_round_to,
+                recover_steps=recover_steps,
+                recover_lr=recover_lr,
+            )
+            if prune
+            else None
+        )
     except EdgekitError as exc:
         raise _usage_error(exc) from exc
     _execute(
@@ -127,6 +150,8 @@ def convert_cmd(
             warmup=warmup,
             threads=threads,
             budgets=Budgets(min_top1_agreement, min_cosine, max_accuracy_drop, max_latency_ms),
+            prune=pruning,
+            train=train,
         )
     )
 
@@ -155,6 +180,60 @@ def demo(
             runs=runs,
         )
     )
+
+
+@app.command("prune-scan")
+def prune_scan_cmd(
+    model: Annotated[str, typer.Argument(help="PyTorch module:callable (or file.py:callable)")],
+    calib: Annotated[Path, typer.Option(help=".npz/.npy or a folder of images (real data)")],
+    eval_data: Annotated[Path | None, typer.Option("--eval", help="held-out .npz, with 'labels'")] = None,
+    weights: Annotated[Path | None, typer.Option(help="state dict for module:callable")] = None,
+    target: Annotated[str, typer.Option(help="target name or .toml path")] = "host",
+    device: Annotated[str | None, typer.Option(help="host | emulated | ssh://…; default from target")] = None,
+    backends: Annotated[str | None, typer.Option(help="builds to time; default onnxruntime")] = "onnxruntime",
+    precision: Annotated[str, typer.Option(help="fp32|fp16|int8")] = "int8",
+    kind: Annotated[str, typer.Option(help="structured | unstructured")] = "structured",
+    ratios: Annotated[str, typer.Option(help="pruning ratios, comma-separated")] = "0.1,0.2,0.3,0.4,0.5",
+    importance: Annotated[str, typer.Option(help="l1 | l2 | bn | taylor")] = "l2",
+    recover_steps: Annotated[int, typer.Option(help="self-distillation steps per ratio")] = 0,
+    recover_lr: Annotated[float, typer.Option(help="learning rate of the recovery steps")] = 1e-3,
+    train: Annotated[Path | None, typer.Option(help="labelled .npz for recovery fine-tuning")] = None,
+    calib_size: Annotated[int, typer.Option(help="calibration samples")] = 100,
+    eval_size: Annotated[int, typer.Option(help="held-out samples")] = 100,
+    runs: Annotated[int, typer.Option(help="timed runs per build")] = 50,
+    out: Annotated[Path, typer.Option(help="output folder (replaced atomically)")] = Path("build/prune-scan"),
+) -> None:
+    """Prune at several ratios, convert and time each, and tabulate accuracy vs latency (scan.md, scan.png)."""
+    from edgekit.scan import prune_scan
+
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    try:
+        config = PruneConfig(kind, 0.5, importance=importance, recover_steps=recover_steps, recover_lr=recover_lr)
+        opts = ConvertOptions(
+            model=model,
+            target=target,
+            out=out,
+            calib=calib,
+            eval=eval_data,
+            weights=weights,
+            precisions=_csv(precision),
+            backends=_csv(backends),
+            device=device,
+            calib_size=calib_size,
+            eval_size=eval_size,
+            runs=runs,
+            train=train,
+        )
+        with err.status("starting") as status:
+            scan = prune_scan(opts, config, _floats(ratios), log=lambda msg: (status.update(msg), err.log(msg)))
+    except EdgekitError as exc:
+        raise _usage_error(exc) from exc
+    except ValueError as exc:
+        raise _usage_error(EdgekitError(f"--ratios '{ratios}': {exc}", "write e.g. --ratios 0.2,0.3,0.5")) from exc
+    Console().print(Markdown((Path(out) / "scan.md").read_text()))
+    err.print(f"scan: {Path(out) / 'scan.md'}, plot: {Path(out) / 'scan.png'}")
+    failed = any(b["status"] == "failed" for p in scan["points"] for b in p["builds"])
+    raise typer.Exit(1 if failed else 0)
 
 
 @app.command()

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from edgekit.converters import BACKENDS, BuildContext
 from edgekit.data import Dataset, ImagePreprocess, TensorSpec, load_dataset, specs_from_dataset
 from edgekit.errors import EdgekitError, one_line
 from edgekit.metrics import compare, latency_stats
+from edgekit.prune import PruneConfig
 from edgekit.runners import Runner, RunnerError, RunSpec, get_runner
 from edgekit.source import SourceModel, load_model
 from edgekit.target import PRECISIONS, Target, load_target
@@ -64,6 +65,9 @@ class ConvertOptions:
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     budgets: Budgets = field(default_factory=Budgets)
     timeout_s: float = 1800.0
+    prune: PruneConfig | None = None
+    train: Path | None = None  # labelled data for pruning recovery (fine-tuning) and Taylor importance
+    backend_options: dict[str, dict] = field(default_factory=dict)  # backend → overrides, e.g. hls4ml's config
 
 
 Log = Callable[[str], None]
@@ -87,19 +91,31 @@ def convert(opts: ConvertOptions, log: Log = lambda msg: None) -> dict:
 
     log(f"loading {opts.model}")
     source = load_model(opts.model, opts.weights)
+    if opts.prune is not None and source.framework != "pytorch":
+        raise EdgekitError(
+            f"--prune needs a PyTorch nn.Module; '{opts.model}' is a {source.framework} model",
+            "pass the architecture as module:callable (or file.py:callable) with --weights",
+        )
+    if opts.train is not None and opts.prune is None:
+        raise EdgekitError("--train is only used by pruning recovery", "add --prune, or drop --train")
     calib, evalset, specs = _data(opts, source)
+    train = None
+    if opts.train is not None:
+        train = load_dataset(opts.train, specs, opts.image)
+        if train.labels is None:
+            raise EdgekitError(f"--train '{opts.train}' has no 'labels' array", "add integer labels to the .npz")
     out = Path(opts.out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.edgekit-", dir=out.parent))
     try:
-        report = _run(opts, target, precisions, backends, runner, source, calib, evalset, specs, scratch, log)
-        _publish(scratch / "out", out)
+        report = _run(opts, target, precisions, backends, runner, source, (calib, evalset, train), specs, scratch, log)
+        publish(scratch / "out", out)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return report
 
 
-def _publish(staged: Path, out: Path) -> None:
+def publish(staged: Path, out: Path) -> None:
     """Replace ``out`` with the staged folder in two renames."""
     old = None
     if out.exists():
@@ -223,12 +239,12 @@ def _run(
     backends,
     runner: Runner,
     source: SourceModel,
-    calib: Dataset,
-    evalset: Dataset,
+    data: tuple[Dataset, Dataset, Dataset | None],
     specs: list[TensorSpec],
     scratch: Path,
     log: Log,
 ) -> dict:
+    calib, evalset, train = data
     staged = scratch / "out"
     (staged / "onnx").mkdir(parents=True)
     log("measuring the original model")
@@ -236,11 +252,19 @@ def _run(
     own = compare(reference, reference, evalset.labels).get("task_metric")
     if own is not None:
         original["task_metric"] = {"name": own["name"], "value": own["original"]}
+    complexity = _complexity(source, specs, calib)
+    original.update(complexity)
 
-    log("exporting to ONNX and checking it against the original")
-    onnx_fp32 = onnx_hub.export_onnx(source, specs, staged / "onnx" / "model.onnx")
+    pruning, exported, exported_reference = None, source, reference
+    if opts.prune is not None:
+        exported, pruning = _prune(opts.prune, source, specs, (calib, evalset, train), reference, log)
+        exported_reference = _outputs(exported.as_function(), evalset)
+        complexity = {"macs": pruning["macs_after"], "params": pruning["params_after"]}
+
+    log("exporting to ONNX and checking it against the " + ("pruned model" if pruning else "original"))
+    onnx_fp32 = onnx_hub.export_onnx(exported, specs, staged / "onnx" / "model.onnx")
     out_specs = onnx_hub.onnx_output_specs(onnx_fp32)
-    onnx_check = _check_onnx(onnx_fp32, evalset, reference)
+    onnx_check = _check_onnx(onnx_fp32, evalset, exported_reference)
 
     onnx_qdq, qdq_error, fallback = None, None, None
     budget = opts.budgets.max_accuracy_drop
@@ -274,6 +298,8 @@ def _run(
         eval_npz,
         scratch,
         staged,
+        complexity,
+        _save_torch(exported, scratch) if set(backends) & {"coreml", "hls4ml"} else None,
     )
     builds = []
     for precision in precisions:
@@ -287,7 +313,11 @@ def _run(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "target": {"name": target.name, "triple": target.triple, "cpu": target.cpu, "description": target.description},
         "runner": runner.describe(),
-        "model": {"inputs": [s.to_json() for s in specs], "outputs": [s.to_json() for s in out_specs]},
+        "model": {
+            "inputs": [s.to_json() for s in specs],
+            "outputs": [s.to_json() for s in out_specs],
+            **complexity,
+        },
         "data": {
             "calibration": {"source": calib.source, "samples": len(calib)},
             "evaluation": {"source": evalset.source, "samples": len(evalset), "labels": evalset.labels is not None},
@@ -305,14 +335,77 @@ def _run(
             "check": onnx_check,
             "qdq": "onnx/model_int8_qdq.onnx" if onnx_qdq else None,
         },
+        "pruning": pruning,
         "accuracy_fallback": fallback,
         "builds": builds,
-        "not_verified": _not_verified(target, runner),
+        "not_verified": _not_verified(target, runner, backends),
     }
     from edgekit.report import write_report
 
     write_report(report, staged)
     return report
+
+
+def _save_torch(source: SourceModel, scratch: Path) -> Path | None:
+    """The PyTorch model as a file a converter process can load (pickled module, or the TorchScript file)."""
+    if source.framework == "torchscript":
+        return Path(source.location).resolve()
+    if source.framework != "pytorch":
+        return None
+    import torch
+
+    path = scratch / "torch_model.pt"
+    torch.save(source.module, path)
+    return path
+
+
+def _outputs(run: Callable, evalset: Dataset) -> list[np.ndarray]:
+    outs = [run(evalset.sample(i)) for i in range(len(evalset))]
+    return [np.concatenate([o[j] for o in outs]) for j in range(len(outs[0]))]
+
+
+def _complexity(source: SourceModel, specs: list[TensorSpec], calib: Dataset) -> dict:
+    """MACs and parameters of an nn.Module source (torch-pruning's counter); {} for other sources."""
+    if source.framework != "pytorch":
+        return {}
+    import torch
+
+    from edgekit.prune import count_macs_params
+
+    example = tuple(torch.from_numpy(calib.inputs[s.name][:1]) for s in specs)
+    try:
+        macs, params = count_macs_params(source.module, example)
+    except Exception:  # the counter traces the module; a model it cannot trace simply has no MACs column
+        return {}
+    return {"macs": macs, "params": params}
+
+
+def _prune(
+    config: PruneConfig,
+    source: SourceModel,
+    specs: list[TensorSpec],
+    data: tuple[Dataset, Dataset, Dataset | None],
+    reference: list[np.ndarray],
+    log: Log,
+) -> tuple[SourceModel, dict]:
+    """Prune and recover the source; the pruned model's held-out outputs are compared with the original's."""
+    from edgekit.prune import prune_model
+
+    calib, evalset, train = data
+    log(f"pruning ({config.kind} {config.ratio}, {config.importance} importance)")
+    try:
+        result = prune_model(source.module, [s.name for s in specs], calib, config, train, log)
+    except EdgekitError:
+        raise
+    except Exception as exc:  # torch-pruning's tracer and pruning functions fail in many shapes
+        raise EdgekitError(
+            f"torch-pruning cannot prune this model ({one_line(exc, 200)})",
+            "exclude the failing layers with --prune-ignore, or use --prune unstructured:RATIO",
+        ) from exc
+    pruned = replace(source, module=result.module)
+    check = compare(reference, _outputs(pruned.as_function(), evalset), evalset.labels)
+    info = {"config": asdict(config), **result.to_json(), "pruned_vs_original": check}
+    return pruned, info
 
 
 def _accuracy_fallback(fp32: Path, qdq: Path, calib: Dataset, budget: float, log: Log) -> dict:
@@ -381,6 +474,8 @@ class _BuildRun:
     eval_npz: Path
     scratch: Path
     staged: Path
+    complexity: dict  # MACs / parameters of the model that was built (after pruning)
+    torch_model: Path | None  # that model pickled, for converters that start from PyTorch (Core ML, hls4ml)
 
 
 def _build_and_check(run: _BuildRun, backend: str, precision: str) -> dict:
@@ -417,6 +512,8 @@ def _build_and_check(run: _BuildRun, backend: str, precision: str) -> dict:
         out_dir=out_dir,
         work_dir=run.scratch / f"work_{name}",
         float_nodes=run.float_nodes if precision == "int8" else (),
+        torch_model=run.torch_model,
+        options=opts.backend_options.get(backend, {}),
     )
     job = run.scratch / f"job_{name}.json"
     job.write_text(json.dumps(job_to_json(backend, ctx, run.calib_npz, opts.target)))
@@ -445,9 +542,12 @@ def _build_and_check(run: _BuildRun, backend: str, precision: str) -> dict:
         quantization=build["quantization"],
         notes=build["notes"],
     )
-    row["artifacts"] = [str(p.relative_to(run.staged)) for p in sorted(out_dir.iterdir()) if p.is_file()]
+    row["artifacts"] = [str(p.relative_to(run.staged)) + ("/" if p.is_dir() else "") for p in sorted(out_dir.iterdir())]
     deployable = [out_dir / f for key, f in build["artifacts"].items() if key in ("model", "weights", run.target.arch)]
-    row["size_bytes"] = sum(p.stat().st_size for p in deployable)
+    files = [f for p in deployable for f in (sorted(p.rglob("*")) if p.is_dir() else [p]) if f.is_file()]
+    row["size_bytes"] = sum(f.stat().st_size for f in files)
+    row["size_compressed_bytes"] = sum(_deflated_size(f) for f in files)
+    row.update(run.complexity)
     not_runnable = runner.cannot_run(backend)
     if not_runnable:
         row.update(status="skipped", reason=f"built, not run: {not_runnable}")
@@ -463,7 +563,7 @@ def _build_and_check(run: _BuildRun, backend: str, precision: str) -> dict:
     info = measured.info
     row.update(
         latency_ms=latency_stats(info["latencies_ms"]),
-        latency_kind="emulated" if runner.emulated else "measured",
+        latency_kind="simulated" if backend == "hls4ml" else ("emulated" if runner.emulated else "measured"),
         load_s=info["load_s"],
         first_inference_ms=info["first_inference_ms"],
         peak_rss_mb=info["peak_rss_mb"],
@@ -475,11 +575,18 @@ def _build_and_check(run: _BuildRun, backend: str, precision: str) -> dict:
     )
     if "runtime_precisions" in info:
         row["runtime_precisions"] = info["runtime_precisions"]
-    if runner.name == "host":
+    if runner.name == "host" and row["latency_kind"] == "measured":
         row["speedup_vs_original"] = run.original["latency_ms"]["p50"] / row["latency_ms"]["p50"]
     row["status"] = "ok"
     row["budget"] = _check_budgets(row, opts.budgets)
     return row
+
+
+def _deflated_size(path: Path) -> int:
+    """Bytes after zlib deflate: what a sparse (unstructured-pruned) artifact costs in an app bundle or a download."""
+    import zlib
+
+    return len(zlib.compress(path.read_bytes(), 6))
 
 
 def _check_budgets(row: dict, budgets: Budgets) -> dict:
@@ -505,10 +612,20 @@ def _check_budgets(row: dict, budgets: Budgets) -> dict:
     return {"passed": not violations, "violations": violations}
 
 
-def _not_verified(target: Target, runner: Runner) -> list[str]:
+def _not_verified(target: Target, runner: Runner, backends) -> list[str]:
     import platform
 
     notes = []
+    if "hls4ml" in backends:
+        notes.append(
+            "the FPGA build ran as hls4ml's bit-accurate C-simulation on this host, not on an FPGA; its latency is "
+            "simulation time on this CPU; FPGA latency and resources come only from HLS synthesis (see build notes)"
+        )
+    if "coreml" in backends and platform.system() != "Darwin":
+        notes.append(
+            "Core ML builds were converted and inspected (program, I/O, weight types) but not run: Core ML runs only "
+            "on macOS/iOS; run edgekit on a Mac to check them"
+        )
     if runner.emulated:
         notes.append(
             f"outputs and accuracy come from the {target.arch} builds running in an emulated device "
@@ -516,7 +633,7 @@ def _not_verified(target: Target, runner: Runner) -> list[str]:
             f"core, run count reduced to ≤ {runner.MAX_RUNS}): compare builds with them, never quote them "
             "as device latency; no speed-up against the host-measured original is given; peak RSS includes qemu itself"
         )
-    if runner.name == "host" and target.arch != platform.machine():
+    if runner.name == "host" and target.arch != platform.machine() and target.platform != "fpga":
         notes.append(
             f"builds for {target.name} ({target.arch}) were checked on this {platform.machine()} host, "
             f"not on {target.arch}: TFLite/ONNX/OpenVINO files are the same artifacts with host kernels, "

@@ -13,6 +13,7 @@ COLUMNS = (
     "precision",
     "device",
     "size",
+    "MACs",
     "cosine",
     "top-1 agr.",
     "task acc.",
@@ -27,18 +28,23 @@ def _mb(n: int | None) -> str:
     return "—" if n is None else f"{n / 1e6:.2f} MB"
 
 
+def _macs(n: int | None) -> str:
+    return "—" if n is None else f"{n / 1e6:.2f} M"
+
+
 def _cells(row: dict) -> list[str]:
     acc, lat = row.get("accuracy") or {}, row.get("latency_ms") or {}
     task = acc.get("task_metric")
     status = row["status"].upper() if row["status"] != "ok" else "ok"
     if row["status"] == "ok" and not row.get("budget", {}).get("passed", True):
         status = "BUDGET"
-    emulated = " (emu)" if row.get("latency_kind") == "emulated" else ""
+    emulated = {"emulated": " (emu)", "simulated": " (C-sim)"}.get(row.get("latency_kind"), "")
     return [
         row["backend"],
         row["precision"],
         row["device"],
         _mb(row.get("size_bytes")),
+        _macs(row.get("macs")),
         f"{acc['cosine']:.5f}" if "cosine" in acc else "—",
         f"{acc['top1_agreement'] * 100:.1f}%" if "top1_agreement" in acc else "—",
         f"{task['build'] * 100:.1f}% (orig {task['original'] * 100:.1f}%)" if task else "—",
@@ -58,6 +64,7 @@ def _original_cells(report: dict) -> list[str]:
         "fp32",
         o["device"],
         _mb(o["size_bytes"]),
+        _macs(o.get("macs")),
         "1",
         "100%",
         task,
@@ -104,6 +111,10 @@ def markdown(report: dict) -> str:
         bits = []
         if r.get("reason"):
             bits.append(f"reason: {r['reason']}")
+        if r.get("size_compressed_bytes"):
+            bits.append(f"compressed (deflate) {_mb(r['size_compressed_bytes'])}")
+        if r.get("params"):
+            bits.append(f"{r['params']:,} parameters")
         if r.get("quantization"):
             bits.append(r["quantization"])
         bits += r.get("notes", [])
@@ -117,6 +128,8 @@ def markdown(report: dict) -> str:
             details.append(f"- **{r['backend']} {r['precision']}** — " + "; ".join(bits))
     if details:
         lines += ["## Builds", "", *details, ""]
+    if report.get("pruning"):
+        lines += ["## Pruning", "", *_pruning_lines(report["pruning"]), ""]
     fb = report.get("accuracy_fallback")
     if fb:
         kept = ", ".join(f"`{n}`" for n in fb["kept_float"]) or "none needed"
@@ -133,6 +146,42 @@ def markdown(report: dict) -> str:
     if report["not_verified"]:
         lines += ["## Not verified", "", *[f"- {n}" for n in report["not_verified"]], ""]
     return "\n".join(lines)
+
+
+def _pruning_lines(p: dict) -> list[str]:
+    c, check = p["config"], p["pruned_vs_original"]
+    task = check.get("task_metric")
+    lines = [
+        f"{c['kind']} pruning at ratio {c['ratio']} ({c['importance']} importance); never pruned: "
+        + ", ".join(f"`{n}`" for n in p["ignored_layers"])
+        + ".",
+        f"MACs {p['macs_before'] / 1e6:.2f} M → {p['macs_after'] / 1e6:.2f} M "
+        f"({p['macs_after'] / max(p['macs_before'], 1):.0%}); parameters {p['params_before']:,} → {p['params_after']:,}"
+        + (f"; {p['sparsity']:.0%} of the pruned layers' weights are zero" if p.get("sparsity") is not None else "")
+        + ".",
+    ]
+    if p["channels"]:
+        lines.append("Channels: " + ", ".join(f"`{n}` {a}→{b}" for n, (a, b) in p["channels"].items()) + ".")
+    r = p["recovery"]
+    recovery = "BatchNorm statistics re-estimated on the calibration data" if r.get("bn_reestimated") else "no BN"
+    if r.get("steps"):
+        recovery += (
+            f"; {r['steps']} self-distillation steps on {r['data']} (lr {r['lr']}), loss "
+            f"{r['loss_first']:.4g} → {r['loss_last']:.4g}"
+        )
+    lines.append(f"Recovery: {recovery}.")
+    lines.append(
+        f"Pruned PyTorch model vs the original on the held-out data: cosine {check['cosine']:.5f}"
+        + (f", top-1 agreement {check['top1_agreement'] * 100:.1f}%" if "top1_agreement" in check else "")
+        + (
+            f", task accuracy {task['build'] * 100:.2f}% (original {task['original'] * 100:.2f}%, "
+            f"drop {(task['original'] - task['build']) * 100:.2f} pt)"
+            if task
+            else ""
+        )
+        + ". The builds below are compared with the unpruned original."
+    )
+    return lines
 
 
 def write_report(report: dict, folder: Path) -> None:

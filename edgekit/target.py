@@ -26,6 +26,7 @@ class Target:
     default_precision: str
     runner: str
     cross_compiler: str = ""
+    platform: str = "linux"  # linux | android | ios | fpga
     extra: dict = field(default_factory=dict, hash=False, compare=False)
 
     def tvm_target(self) -> dict:
@@ -76,5 +77,6 @@ def load_target(name_or_path: str) -> Target:
         default_precision=precision,
         runner=data.get("runner", "host"),
         cross_compiler=data.get("cross_compiler", ""),
-        extra={k: v for k, v in data.items() if k in ("tvm",)},
+        platform=data.get("platform", "linux"),
+        extra={k: v for k, v in data.items() if isinstance(v, dict)},  # per-backend tables: [tvm], [fpga], …
     )

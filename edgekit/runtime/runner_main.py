@@ -137,6 +137,41 @@ def load_tvm(build_dir: Path, manifest: dict, threads: int):
     return run, "tvm " + tvm.__version__
 
 
+def load_hls4ml(build_dir: Path, manifest: dict, threads: int):
+    """hls4ml's C-simulation library through ctypes (what hls4ml's predict() does, without hls4ml)."""
+    import ctypes
+
+    from numpy import ctypeslib
+
+    lib = ctypes.cdll.LoadLibrary(str(build_dir / manifest["artifacts"]["csim"]))
+    top = getattr(lib, manifest["project_name"] + "_float")
+    outs = manifest["outputs"]
+    top.restype = None
+    top.argtypes = [ctypeslib.ndpointer(ctypes.c_float, flags="C_CONTIGUOUS")] * (len(manifest["inputs"]) + len(outs))
+    names = [i["name"] for i in manifest["inputs"]]
+
+    def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        results = [np.zeros(int(np.prod(o["shape"])), np.float32) for o in outs]
+        top(*[np.ascontiguousarray(feed[n], dtype=np.float32).ravel() for n in names], *results)
+        return [r.reshape(o["shape"]) for r, o in zip(results, outs)]  # noqa: B905 (runs on Python 3.9)
+
+    return run, "hls4ml C-simulation (ap_fixed, g++)"
+
+
+def load_coreml(build_dir: Path, manifest: dict, threads: int):
+    """Core ML through coremltools' predict(): only on macOS, where Apple's Core ML framework exists."""
+    import coremltools as ct
+
+    model = ct.models.MLModel(str(build_dir / manifest["artifacts"]["model"]))
+    outputs = [o["name"] for o in manifest["outputs"]]
+
+    def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        result = model.predict(feed)
+        return [np.asarray(result[o]) for o in outputs]
+
+    return run, "coremltools " + ct.__version__
+
+
 def _profile_onnxruntime(build_dir: Path, manifest: dict, threads: int, feeds: list, repeats: int) -> dict:
     import onnxruntime as ort
 
@@ -188,6 +223,8 @@ PROFILERS = {"onnxruntime": _profile_onnxruntime, "openvino": _profile_openvino}
 NO_PROFILER = {
     "tflite": "the LiteRT Python interpreter has no op profiler: use benchmark_model --enable_op_profiling=true",
     "tvm": "the TVM runtime VM of an exported library has no per-op profiler; build with relax profiling instruments",
+    "hls4ml": "a C-simulation has no per-layer timing: use the HLS synthesis report, or trace=True per layer",
+    "coreml": "Core ML's per-op profile needs Xcode's Core ML performance report (macOS)",
 }
 
 
@@ -205,7 +242,14 @@ def profile_build(build_dir: Path, threads: int, feeds: list, repeats: int = 10)
     return result
 
 
-LOADERS = {"tflite": load_tflite, "onnxruntime": load_onnxruntime, "openvino": load_openvino, "tvm": load_tvm}
+LOADERS = {
+    "tflite": load_tflite,
+    "onnxruntime": load_onnxruntime,
+    "openvino": load_openvino,
+    "tvm": load_tvm,
+    "hls4ml": load_hls4ml,
+    "coreml": load_coreml,
+}
 
 
 def load_build(build_dir: Path, threads: int):
