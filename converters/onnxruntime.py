@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import onnx
 from edgekit.converters.base import BuildContext, BuildResult, Converter, io_by_name, write_manifest
@@ -29,6 +32,46 @@ class OnnxRuntimeConverter(Converter):
             quant = "fp16 weights and activations, fp32 inputs/outputs"
         else:
             shutil.copyfile(ctx.onnx_fp32, dst)
-        result = BuildResult(self.name, ctx.precision, {"model": dst.name}, quantization=quant)
+        artifacts, notes = {"model": dst.name}, []
+        if ctx.target.extra.get("onnxruntime", {}).get("format") == "ort":
+            artifacts = to_ort_format(dst, ctx.work_dir, ctx.target.arch)
+            notes.append(
+                "ONNX Runtime Mobile: ORT format, optimized for Arm ahead of time ('Fixed' style); "
+                f"{artifacts['operators']} lists the operators a reduced-size ORT build must include"
+            )
+        result = BuildResult(self.name, ctx.precision, artifacts, notes, quantization=quant)
         write_manifest(ctx, result, io_by_name(ctx.inputs), io_by_name(ctx.outputs))
         return result
+
+
+def to_ort_format(onnx_path: Path, work: Path, arch: str) -> dict[str, str]:
+    """Convert with ORT's own tool; the .onnx is replaced by ``.ort`` + ``.required_operators.config``."""
+    src = work / "ort_src"
+    src.mkdir(parents=True, exist_ok=True)
+    shutil.move(onnx_path, src / onnx_path.name)
+    platform = "arm" if arch in ("aarch64", "armv7l") else "amd64"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "onnxruntime.tools.convert_onnx_models_to_ort",
+            str(src),
+            "--output_dir",
+            str(work / "ort_out"),
+            "--optimization_style",
+            "Fixed",
+            "--target_platform",
+            platform,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    produced = sorted((work / "ort_out").glob("*.ort"))
+    if proc.returncode != 0 or not produced:
+        tail = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()][-1:] or ["no output"]
+        raise RuntimeError(f"ORT format conversion failed: {tail[0][:200]}")
+    model = onnx_path.with_suffix(".ort")
+    shutil.move(produced[0], model)
+    config = onnx_path.with_suffix(".required_operators.config")
+    shutil.move(next((work / "ort_out").glob("*.config")), config)
+    return {"model": model.name, "operators": config.name}

@@ -7,6 +7,7 @@ that the graph can be checked on this machine too.
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 
@@ -59,26 +60,45 @@ class TvmConverter(Converter):
             quant = "int8 QDQ graph (ORT calibration); TVM computes quantize/dequantize around float kernels"
             if ctx.float_nodes:
                 quant += f"; {len(ctx.float_nodes)} layer(s) kept in float (accuracy fallback)"
-        libs = {ctx.target.arch: f"model_{precision}.{ctx.target.triple}.so"}
+        # Android: the library the emulated (glibc) device runs is a linux-gnu twin of the Android one.
+        linux_triple = f"{ctx.target.arch}-linux-gnu" if ctx.target.platform == "android" else ctx.target.triple
+        device_target = {**target, "mtriple": linux_triple}
+        libs = {ctx.target.arch: f"model_{precision}.{linux_triple}.so"}
         if not on_host:
             libs[platform.machine()] = f"model_{precision}.{platform.machine()}-linux-gnu.so"
         try:
-            self._compile_all(source, shapes, ctx, target, cc, libs)
+            self._compile_all(source, shapes, ctx, device_target, cc, libs)
         except Exception as exc:
             if source == ctx.onnx_fp32:
                 raise
             notes.append(f"TVM could not lower the QDQ graph ({one_line(exc, 160)}); built from fp32 instead")
             precision, quant, source = "fp32", "", ctx.onnx_fp32
             libs = {k: v.replace("int8", "fp32") for k, v in libs.items()}
-            self._compile_all(source, shapes, ctx, target, cc, libs)
+            self._compile_all(source, shapes, ctx, device_target, cc, libs)
         if not on_host:
             notes.append(
                 f"{ctx.target.arch} library cross-linked with {ctx.target.cross_compiler}; "
                 f"the host library ({platform.machine()}) is the same graph compiled for this machine"
             )
+        if ctx.target.platform == "android":
+            libs["android"], note = self._android(source, shapes, ctx, target, precision)
+            notes.append(note)
         result = BuildResult(self.name, precision, libs, notes=notes, quantization=quant)
         write_manifest(ctx, result, io_by_name(ctx.inputs), io_by_name(ctx.outputs), tvm_target=target)
         return result
+
+    @staticmethod
+    def _android(source, shapes, ctx: BuildContext, target: dict, precision: str) -> tuple[str, str]:
+        """The Android library: linked by the NDK's clang ($TVM_NDK_CC), else an object archive to link later."""
+        ndk_cc = os.environ.get("TVM_NDK_CC")
+        name = f"model_{precision}.{ctx.target.triple}." + ("so" if ndk_cc else "tar")
+        compile_library(source, shapes, target, ctx.out_dir / name, ndk_cc)
+        if ndk_cc:
+            return name, f"Android library linked with $TVM_NDK_CC ({ndk_cc}); the phone runs it, the emulator its twin"
+        return name, (
+            "Android: object archive (no NDK here: set TVM_NDK_CC to an NDK clang++ to get a .so); the emulated "
+            "device runs the glibc-linked twin of the same kernels"
+        )
 
     @staticmethod
     def _compile_all(source, shapes, ctx: BuildContext, target: dict, cc, libs: dict[str, str]) -> None:

@@ -54,6 +54,27 @@ def parse_input_shapes(values: list[str]) -> dict[str, tuple[tuple[int, ...], st
     return shapes
 
 
+def parse_backend_options(values: list[str], hls_config: Path | None) -> dict[str, dict]:
+    """``coreml.palettize=4`` → {"coreml": {"palettize": 4}}; ``--hls-config`` → {"hls4ml": {...}}."""
+    options: dict[str, dict] = {}
+    for value in values:
+        key, sep, raw = value.partition("=")
+        backend, dot, name = key.partition(".")
+        if not sep or not dot or not name:
+            raise EdgekitError(f"--backend-option '{value}' is not BACKEND.KEY=VALUE", "write e.g. coreml.palettize=4")
+        try:
+            parsed = json.loads(raw)
+        except json.JSONDecodeError:
+            parsed = raw
+        options.setdefault(backend, {})[name] = parsed
+    if hls_config is not None:
+        try:
+            options.setdefault("hls4ml", {}).update(json.loads(hls_config.read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise EdgekitError(f"--hls-config {hls_config}: {exc}", "give a readable JSON file") from exc
+    return options
+
+
 def _csv(value: str | None) -> tuple[str, ...] | None:
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
 
@@ -88,7 +109,7 @@ def convert_cmd(
     backends: Annotated[str | None, typer.Option(help="tflite,onnxruntime,openvino,tvm; default from target")] = None,
     device: Annotated[
         str | None,
-        typer.Option(help="where builds run: host | emulated | ssh://user@host[:port][?key=…]; default from target"),
+        typer.Option(help="where builds run: host | emulated | ssh://user@host[:port][?key=…] | adb[://SERIAL]"),
     ] = None,
     input_shape: Annotated[list[str] | None, typer.Option(help="[NAME:]1x3x224x224[:dtype], repeatable")] = None,
     mean: Annotated[str, typer.Option(help="image folders: per-channel pixel mean")] = "0",
@@ -112,6 +133,12 @@ def convert_cmd(
     recover_steps: Annotated[int, typer.Option(help="self-distillation steps after pruning (0: BN only)")] = 0,
     recover_lr: Annotated[float, typer.Option(help="learning rate of the recovery steps")] = 1e-3,
     train: Annotated[Path | None, typer.Option(help="labelled .npz: recovery also fine-tunes on the labels")] = None,
+    backend_option: Annotated[
+        list[str] | None, typer.Option(help="BACKEND.KEY=VALUE (JSON value), e.g. coreml.palettize=4, repeatable")
+    ] = None,
+    hls_config: Annotated[
+        Path | None, typer.Option(help="JSON merged into hls4ml's config, e.g. per-layer Precision/ReuseFactor")
+    ] = None,
 ) -> None:
     """Convert MODEL for TARGET, run every build, check it against the original and write a report."""
     m, s = _floats(mean), _floats(std)
@@ -129,6 +156,7 @@ def convert_cmd(
             if prune
             else None
         )
+        options = parse_backend_options(backend_option or [], hls_config)
     except EdgekitError as exc:
         raise _usage_error(exc) from exc
     _execute(
@@ -152,6 +180,7 @@ def convert_cmd(
             budgets=Budgets(min_top1_agreement, min_cosine, max_accuracy_drop, max_latency_ms),
             prune=pruning,
             train=train,
+            backend_options=options,
         )
     )
 
@@ -309,10 +338,20 @@ def targets() -> None:
     from rich.table import Table
 
     table = Table(title="edgekit targets")
-    for col in ("name", "triple", "cpu", "backends", "default precision", "runner", "description"):
+    for col in ("name", "platform", "triple", "cpu", "backends", "default precision", "runner", "description"):
         table.add_column(col)
     for t in list_targets():
         table.add_row(
-            t.name, t.triple, t.cpu or "native", ", ".join(t.backends), t.default_precision, t.runner, t.description
+            t.name,
+            t.platform,
+            t.triple,
+            t.cpu or "native",
+            ", ".join(t.backends),
+            t.default_precision,
+            t.runner,
+            t.description,
         )
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # pipes and CI logs: keep the names whole
+        console.width = max(console.width, 200)
+    console.print(table)

@@ -26,7 +26,7 @@ from edgekit.data import Dataset, ImagePreprocess, TensorSpec, load_dataset, spe
 from edgekit.errors import EdgekitError, one_line
 from edgekit.metrics import compare, latency_stats
 from edgekit.prune import PruneConfig
-from edgekit.runners import Runner, RunnerError, RunSpec, get_runner
+from edgekit.runners import Runner, RunnerError, RunSpec, get_runner, platform_limit
 from edgekit.source import SourceModel, load_model
 from edgekit.target import PRECISIONS, Target, load_target
 
@@ -548,9 +548,9 @@ def _build_and_check(run: _BuildRun, backend: str, precision: str) -> dict:
     row["size_bytes"] = sum(f.stat().st_size for f in files)
     row["size_compressed_bytes"] = sum(_deflated_size(f) for f in files)
     row.update(run.complexity)
-    not_runnable = runner.cannot_run(backend)
+    not_runnable = platform_limit(backend, runner) or runner.cannot_run(backend)
     if not_runnable:
-        row.update(status="skipped", reason=f"built, not run: {not_runnable}")
+        row.update(status="skipped", device="not run", reason=f"built, not run: {not_runnable}")
         return row
     warmup, runs = runner.repetitions(opts.warmup, opts.runs)
     spec = RunSpec(warmup=warmup, runs=runs, threads=opts.threads, timeout=opts.timeout_s)
@@ -573,8 +573,9 @@ def _build_and_check(run: _BuildRun, backend: str, precision: str) -> dict:
         warmup=info["warmup"],
         device_facts=info["device"],
     )
-    if "runtime_precisions" in info:
-        row["runtime_precisions"] = info["runtime_precisions"]
+    for key in ("runtime_precisions", "benchmark_model"):  # OpenVINO's executed precisions; phone tool timings
+        if key in info:
+            row[key] = info[key]
     if runner.name == "host" and row["latency_kind"] == "measured":
         row["speedup_vs_original"] = run.original["latency_ms"]["p50"] / row["latency_ms"]["p50"]
     row["status"] = "ok"
@@ -616,6 +617,11 @@ def _not_verified(target: Target, runner: Runner, backends) -> list[str]:
     import platform
 
     notes = []
+    if target.platform in ("android", "ios") and runner.name != "adb":
+        notes.append(
+            f"not run on a phone: the {target.platform} builds that ran did so on {runner.describe()} — the same "
+            "AArch64 CPU kernels, but not the phone's OS, scheduler, NNAPI/GPU delegates or Apple Neural Engine"
+        )
     if "hls4ml" in backends:
         notes.append(
             "the FPGA build ran as hls4ml's bit-accurate C-simulation on this host, not on an FPGA; its latency is "

@@ -47,6 +47,15 @@ class RunnerError(RuntimeError):
     """The runner could not run the build (crash, timeout, missing runtime)."""
 
 
+def platform_limit(backend: str, runner: Runner) -> str | None:
+    """Why ``runner`` can never run ``backend`` builds for platform reasons (Core ML, hls4ml C-simulation)."""
+    if backend == "coreml" and (runner.name != "host" or platform.system() != "Darwin"):
+        return "Core ML runs only on macOS/iOS (built and its program inspected on this Linux machine)"
+    if backend == "hls4ml" and runner.name != "host":
+        return "the hls4ml C-simulation library is built for this host; FPGA builds are checked on the host"
+    return None
+
+
 class Runner(ABC):
     """Where builds run. ``emulated`` marks latencies that are not device latencies."""
 
@@ -76,7 +85,7 @@ class Runner(ABC):
         return self.name
 
 
-def _collect(out_dir: Path) -> RunResult:
+def collect_outputs(out_dir: Path) -> RunResult:
     with np.load(out_dir / "outputs.npz", allow_pickle=False) as npz:
         outputs = [npz[f"output_{i}"] for i in range(len(npz.files))]
     return RunResult(outputs, json.loads((out_dir / "result.json").read_text()))
@@ -116,7 +125,7 @@ class HostRunner(Runner):
             raise RunnerError(f"runner timed out after {spec.timeout:.0f} s") from exc
         if proc.returncode != 0:
             raise RunnerError(_failure(proc))
-        return _collect(out)
+        return collect_outputs(out)
 
 
 class EmulatedRunner(Runner):
@@ -212,7 +221,7 @@ class EmulatedRunner(Runner):
             raise RunnerError(f"emulated runner timed out after {spec.timeout:.0f} s") from exc
         if proc.returncode != 0:
             raise RunnerError(_failure(proc))
-        return _collect(out)
+        return collect_outputs(out)
 
 
 RUNTIME_MODULES = {
@@ -355,15 +364,21 @@ class SshRunner(Runner):
             self._scp([f"{target}:{remote}/out"], str(work))
         finally:
             self._ssh(f"rm -rf {remote}")
-        return _collect(work / "out")
+        return collect_outputs(work / "out")
 
 
 def get_runner(device: str, target: Target) -> Runner:
-    """The runner for ``--device``: ``host``, ``emulated`` or ``ssh://user@host[:port]``."""
+    """The runner for ``--device``: ``host``, ``emulated``, ``ssh://user@host[:port]`` or ``adb[://SERIAL]``."""
     if device == "host":
         return HostRunner()
     if device == "emulated":
         return EmulatedRunner(target)
     if device.startswith("ssh://"):
         return SshRunner(device)
-    raise EdgekitError(f"unknown device '{device}'", "use --device host, emulated or ssh://user@host[:port]")
+    if device == "adb" or device.startswith("adb://"):
+        from edgekit.adb import AdbRunner
+
+        return AdbRunner(device)
+    raise EdgekitError(
+        f"unknown device '{device}'", "use --device host, emulated, ssh://user@host[:port] or adb[://SERIAL]"
+    )
