@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.markdown import Markdown
@@ -28,6 +29,14 @@ app = typer.Typer(
     help="Convert a trained model into checked edge builds (TFLite, OpenVINO, TVM, ONNX Runtime).",
 )
 err = Console(stderr=True)
+
+
+def _console() -> Console:
+    """stdout console; pipes and CI logs get a wide page instead of 80 squeezed columns."""
+    console = Console()
+    if not console.is_terminal:
+        console.width = max(console.width, 200)
+    return console
 
 
 def _print_error(exc: EdgekitError) -> None:
@@ -332,6 +341,59 @@ def profile(
     console.print(table)
 
 
+@app.command("diff")
+def diff_cmd(
+    original: Annotated[Path, typer.Argument(help="the original's ONNX graph, or the folder edgekit convert wrote")],
+    build: Annotated[Path, typer.Argument(help="a build folder, e.g. build/onnxruntime_int8")],
+    inputs: Annotated[Path, typer.Option(help=".npz with one array per input (samples on axis 0)")],
+    sample: Annotated[int, typer.Option(help="which sample of --inputs")] = 0,
+    top: Annotated[int, typer.Option(help="layers to show (worst SNR first)")] = 15,
+    out: Annotated[Path | None, typer.Option(help="write every layer as JSON here")] = None,
+    plot: Annotated[Path | None, typer.Option(help="write the per-layer SNR plot (PNG) here")] = None,
+) -> None:
+    """Find the first layer where a build diverges from the original (per-layer cosine, max-abs, SNR)."""
+    from rich.table import Table
+
+    from edgekit import diff
+
+    graph = original / "onnx" / "model.onnx" if original.is_dir() else original
+    try:
+        if not graph.is_file() or not (build / "build.json").is_file():
+            raise EdgekitError(
+                f"need an ONNX graph and a build folder (got {graph}, {build})",
+                "pass the convert output folder (or its onnx/model.onnx) and one of its build folders",
+            )
+        with np.load(inputs, allow_pickle=False) as npz:
+            feed = {k: npz[k][sample : sample + 1] for k in npz.files if k != "labels"}
+        result = diff.layer_diff(graph, build, feed)
+    except EdgekitError as exc:
+        raise _usage_error(exc) from exc
+    except (OSError, ValueError, IndexError, KeyError) as exc:
+        raise _usage_error(EdgekitError(f"cannot diff on {inputs}: {exc}", "give the build's input arrays")) from exc
+    if out:
+        out.write_text(json.dumps(result, indent=2))
+    if plot:
+        diff.plot(result, plot)
+    console = _console()
+    table = Table(title=f"{result['backend']} {result['precision']} vs original ({result['compared_through']})")
+    for col in ("layer", "op", "params", "cosine", "max abs", "SNR dB", "jump dB"):
+        table.add_column(col, justify="left" if col in ("layer", "op", "params") else "right")
+    for row in sorted(result["rows"], key=lambda r: r["snr_db"])[:top]:
+        jump = "—" if row["jump_db"] is None else f"{row['jump_db']:.1f}"
+        cells = [f"{row['cosine']:.5f}", f"{row['max_abs']:.3g}", f"{row['snr_db']:.1f}", jump]
+        table.add_row(row["node"], row["op"], ", ".join(row["params"]), *cells)
+    console.print(table)
+    for key, what in (("first_jump", "first layer whose error jumps"), ("largest_jump", "largest jump")):
+        row = result[key]
+        if row:
+            console.print(
+                f"{what}: [bold]{row['node']}[/] ({row['op']}{', ' + row['params'][0] if row['params'] else ''}) "
+                f"SNR {row['snr_db']:.1f} dB, cosine {row['cosine']:.5f}"
+            )
+    if result["first_jump"] is None:
+        console.print(f"no layer loses ≥ {result['jump_threshold_db']} dB on its own")
+
+
 @app.command()
 def targets() -> None:
     """List the targets edgekit ships."""
@@ -351,7 +413,4 @@ def targets() -> None:
             t.runner,
             t.description,
         )
-    console = Console()
-    if not console.is_terminal:  # pipes and CI logs: keep the names whole
-        console.width = max(console.width, 200)
-    console.print(table)
+    _console().print(table)

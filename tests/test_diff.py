@@ -1,0 +1,84 @@
+"""edgekit diff: per-layer error against the original, and a deliberately damaged build located."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+from typer.testing import CliRunner
+
+from edgekit import convert
+from edgekit.cli import app
+from edgekit.diff import layer_diff
+from tests.conftest import N_TRAIN, cnn_options
+
+
+@pytest.fixture(scope="module")
+def converted(cnn_case, tmp_path_factory):
+    out = tmp_path_factory.mktemp("diff") / "out"
+    convert(cnn_options(cnn_case, target="host", backends=("onnxruntime", "openvino"), out=out, runs=2, warmup=1))
+    return out
+
+
+def _damage(build, layer_weight: str, factor: float) -> None:
+    """Scale one conv's int8 weight scale: that layer alone computes wrong values."""
+    path = next(build.glob("*.onnx"))
+    model = onnx.load(str(path))
+    node = next(
+        n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == f"{layer_weight}_quantized"
+    )
+    init = next(i for i in model.graph.initializer if i.name == node.input[1])
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(factor), init.name))
+    onnx.save(model, str(path))
+
+
+def test_diff_points_at_damaged_layer(converted, digits, tmp_path):
+    x, _ = digits
+    feed = {"x": x[N_TRAIN : N_TRAIN + 1]}
+    clean = layer_diff(converted / "onnx" / "model.onnx", converted / "onnxruntime_int8", feed)
+    assert clean["matched_layers"] >= 8 and clean["first_jump"] is None  # healthy int8: no layer loses ≥ 6 dB
+    assert min(r["cosine"] for r in clean["rows"]) > 0.99
+
+    damaged = tmp_path / "onnxruntime_int8"
+    shutil.copytree(converted / "onnxruntime_int8", damaged)
+    _damage(damaged, "features.3.weight", 3.0)
+    result = layer_diff(converted / "onnx" / "model.onnx", damaged, feed)
+    assert result["first_jump"]["params"] == ["features.3.weight"] and result["first_jump"]["op"] == "Conv"
+    assert result["largest_jump"]["params"] == ["features.3.weight"]
+    before = next(r for r in result["rows"] if r["params"] == ["features.0.weight"])
+    assert before["snr_db"] > 35  # the layer before the damage is untouched
+
+    np.savez(tmp_path / "x.npz", x=x[N_TRAIN : N_TRAIN + 2])
+    cli = CliRunner().invoke(
+        app,
+        [
+            *("diff", str(converted), str(damaged), "--inputs", str(tmp_path / "x.npz")),
+            *("--out", str(tmp_path / "d.json"), "--plot", str(tmp_path / "d.png")),
+        ],
+    )
+    assert cli.exit_code == 0, cli.output
+    assert "first layer whose error jumps" in cli.output and "features.3.weight" in cli.output
+    assert json.loads((tmp_path / "d.json").read_text())["backend"] == "onnxruntime"
+    assert (tmp_path / "d.png").stat().st_size > 5000
+
+
+def test_diff_reads_openvino_intermediates(converted, digits):
+    x, _ = digits
+    result = layer_diff(converted / "onnx" / "model.onnx", converted / "openvino_int8", {"x": x[N_TRAIN : N_TRAIN + 1]})
+    assert result["compared_through"] == "OpenVINO runtime" and result["matched_layers"] >= 4
+    assert all(np.isfinite(r["snr_db"]) and r["cosine"] > 0.9 for r in result["rows"])
+
+
+def test_diff_refuses_tflite_and_bad_input(converted, tmp_path):
+    build = tmp_path / "tflite_int8"
+    build.mkdir()
+    (build / "build.json").write_text(json.dumps({"backend": "tflite", "precision": "int8", "artifacts": {}}))
+    np.savez(tmp_path / "x.npz", x=np.zeros((1, 1, 8, 8), np.float32))
+    result = CliRunner().invoke(app, ["diff", str(converted), str(build), "--inputs", str(tmp_path / "x.npz")])
+    assert result.exit_code == 2 and "onnx2tf" in result.output
+    result = CliRunner().invoke(app, ["diff", str(tmp_path), str(build), "--inputs", str(tmp_path / "x.npz")])
+    assert result.exit_code == 2 and "need an ONNX graph" in result.output
