@@ -11,6 +11,7 @@ from typing import ClassVar
 import numpy as np
 
 from edgekit.data import Dataset, TensorSpec
+from edgekit.onnx_hub import QuantConfig
 from edgekit.target import Target
 
 
@@ -34,6 +35,8 @@ class BuildContext:
     float_nodes: tuple[str, ...] = ()  # ONNX node names to keep in float in int8 builds (accuracy fallback)
     torch_model: Path | None = None  # the (pruned) PyTorch model, pickled, for backends that convert from PyTorch
     options: dict = field(default_factory=dict)  # this backend's user overrides (e.g. hls4ml per-layer config)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    int8_mode: str = "static"  # static (calibrated activations) | dynamic (activations quantized per inference)
 
 
 @dataclass

@@ -21,7 +21,10 @@ class OnnxRuntimeConverter(Converter):
         quant = ""
         if ctx.precision == "int8":
             shutil.copyfile(ctx.onnx_qdq, dst)
-            quant = "static int8 QDQ, per-channel weights, MinMax calibration (onnxruntime.quantization)"
+            if ctx.int8_mode == "dynamic":
+                quant = "dynamic int8 (int8 weights, activations quantized per inference; MatMulInteger)"
+            else:
+                quant = f"static int8 QDQ, {ctx.quant.describe()} (onnxruntime.quantization)"
             if ctx.float_nodes:
                 quant += f"; {len(ctx.float_nodes)} layer(s) kept in float (accuracy fallback)"
         elif ctx.precision == "fp16":

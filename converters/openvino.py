@@ -8,6 +8,27 @@ import re
 from edgekit.converters.base import BuildContext, BuildResult, Converter, io_by_name, write_manifest
 
 
+def _nncf_settings(quant):
+    """NNCF's advanced parameters for a QuantConfig, and a note where NNCF has no exact equivalent."""
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    estimator = {
+        "minmax": RangeEstimatorParametersSet.MINMAX,
+        "percentile": RangeEstimatorParametersSet.MEAN_QUANTILE,
+        "entropy": RangeEstimatorParametersSet.HISTOGRAM,
+    }[quant.method]
+    note = {
+        "percentile": "percentile calibration: NNCF's mean of per-sample quantiles",
+        "entropy": "entropy calibration: NNCF has no KL-divergence estimator; its histogram (MSE) estimator is used",
+    }.get(quant.method)
+    advanced = AdvancedQuantizationParameters(
+        activations_range_estimator_params=estimator,
+        weights_quantization_params=QuantizationParameters(per_channel=quant.per_channel),
+    )
+    return advanced, note
+
+
 class OpenVinoConverter(Converter):
     name = "openvino"
     precisions = ("fp32", "fp16", "int8")
@@ -19,16 +40,31 @@ class OpenVinoConverter(Converter):
         self.check_precision(ctx.precision)
         model = ov.convert_model(str(ctx.onnx_fp32))
         quant, notes = "", []
-        if ctx.precision == "int8":
-            nncf_log = logging.getLogger("nncf")
-            nncf_log.setLevel(logging.ERROR)
+        if ctx.precision == "int8" and ctx.int8_mode == "dynamic":
+            logging.getLogger("nncf").setLevel(logging.ERROR)
+            model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+            quant = "int8 weights (NNCF weight compression); the CPU plugin quantizes activations per inference"
+        elif ctx.precision == "int8":
+            logging.getLogger("nncf").setLevel(logging.ERROR)
             feeds = [ctx.calib.sample(i) for i in range(len(ctx.calib))]
             # OpenVINO keeps ONNX node names; a Conv's weights op is named "<node>/WithoutBiases".
             ignored = nncf.IgnoredScope(patterns=[f"{re.escape(n)}(/.*)?" for n in ctx.float_nodes], validate=False)
-            model = nncf.quantize(model, nncf.Dataset(feeds), subset_size=len(feeds), ignored_scope=ignored)
+            advanced, note = _nncf_settings(ctx.quant)
+            model = nncf.quantize(
+                model,
+                nncf.Dataset(feeds),
+                preset=nncf.QuantizationPreset.PERFORMANCE
+                if ctx.quant.symmetric_activations
+                else nncf.QuantizationPreset.MIXED,
+                subset_size=len(feeds),
+                ignored_scope=ignored,
+                advanced_parameters=advanced,
+            )
             if ctx.float_nodes:
                 notes.append(f"accuracy fallback: {len(ctx.float_nodes)} layer(s) kept in float (NNCF ignored scope)")
-            quant = f"static int8 (NNCF PTQ, {len(feeds)} calibration samples, fast bias correction)"
+            if note:
+                notes.append(note)
+            quant = f"static int8 (NNCF PTQ, {ctx.quant.describe()}, {len(feeds)} samples, fast bias correction)"
             notes.append("on ARM CPUs OpenVINO executes int8 models in fp16; check runtime_precisions")
         elif ctx.precision == "fp16":
             quant = "fp16 weights (decompressed to fp32 at load on CPUs without fp16 arithmetic)"

@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
 from edgekit.converters.base import (
     BuildContext,
     BuildResult,
@@ -41,8 +42,9 @@ class TfliteConverter(Converter):
         cmd = [sys.executable, "-m", "onnx2tf", "-i", str(ctx.onnx_fp32), "-o", "out", "-n"]
         variant, quant, notes = ctx.precision, "", []
         perms = {s.name: channels_last_perm(s.shape) for s in ctx.inputs}
-        if ctx.precision == "int8" and has_float_inputs(ctx.inputs):
-            cmd += ["-oiqt", "-qt", "per-channel"]
+        if ctx.precision == "int8" and has_float_inputs(ctx.inputs) and ctx.int8_mode == "static":
+            weights = "per-channel" if ctx.quant.per_channel else "per-tensor"
+            cmd += ["-oiqt", "-qt", weights]
             for pos, spec in enumerate(ctx.inputs):
                 data = ctx.calib.inputs[spec.name]
                 perm = perms[spec.name]
@@ -53,16 +55,28 @@ class TfliteConverter(Converter):
             if ctx.float_nodes:
                 notes.append("accuracy fallback not applied: onnx2tf has no per-layer deny list (all layers int8)")
             quant = (
-                f"full-integer int8 (int8 inputs/outputs), per-channel weights, "
-                f"{len(ctx.calib)} calibration samples (onnx2tf/TFLiteConverter)"
+                f"full-integer int8 (int8 inputs/outputs), {weights} weights, min/max calibration on "
+                f"{len(ctx.calib)} samples, asymmetric activations (onnx2tf/TFLiteConverter)"
             )
+            if ctx.quant.method != "minmax" or ctx.quant.symmetric_activations:
+                notes.append(
+                    f"asked for {ctx.quant.describe()}: the TFLite converter offers only min/max calibration "
+                    "with asymmetric int8 activations"
+                )
         elif ctx.precision == "int8":
             cmd += ["-odrqt"]
             variant = "int8-dynamic"
-            quant = "dynamic-range int8 weights (non-float inputs rule out full-integer calibration)"
-            notes.append("built as dynamic-range int8: onnx2tf calibrates only float inputs")
+            quant = "dynamic-range int8: int8 weights, activations quantized per inference"
+            if has_float_inputs(ctx.inputs):
+                notes.append("dynamic int8 asked for (--int8-mode dynamic)")
+            else:
+                notes.append("built as dynamic-range int8: the model has token (integer) inputs")
         elif ctx.precision == "fp16":
             quant = "fp16 weights, fp32 compute where the delegate lacks fp16"
+        if "Erf" in {n.op_type for n in onnx.load(str(ctx.onnx_fp32), load_external_data=False).graph.node}:
+            # LiteRT has no builtin Erf (exact GELU): onnx2tf's builtin-op approximation avoids a Flex (TF) op.
+            cmd += ["-rtpo", "Erf"]
+            notes.append("Erf (exact GELU) built from builtin ops (onnx2tf pseudo-op): no TensorFlow Flex delegate")
         # onnx2tf fetches a sample file from the internet unless this file is in its working folder (for every
         # precision): give it our real calibration data instead.
         np.save(work / SAMPLE_FILE, ctx.calib.inputs[ctx.inputs[0].name][:20].astype(np.float32))

@@ -57,7 +57,11 @@ class TvmConverter(Converter):
         source, precision, quant, notes = ctx.onnx_fp32, "fp32", "", []
         if ctx.precision == "int8":
             source, precision = ctx.onnx_qdq, "int8"
-            quant = "int8 QDQ graph (ORT calibration); TVM computes quantize/dequantize around float kernels"
+            quant = (
+                "int8 dynamic graph (ORT); TVM lowers its integer MatMuls"
+                if ctx.int8_mode == "dynamic"
+                else f"int8 QDQ graph (ORT, {ctx.quant.describe()}); TVM runs quantize/dequantize around float kernels"
+            )
             if ctx.float_nodes:
                 quant += f"; {len(ctx.float_nodes)} layer(s) kept in float (accuracy fallback)"
         # Android: the library the emulated (glibc) device runs is a linux-gnu twin of the Android one.

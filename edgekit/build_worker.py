@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+from dataclasses import asdict
 from pathlib import Path
 
 from edgekit.converters import BuildContext, SkipBuild, get_converter
 from edgekit.data import Dataset, TensorSpec
 from edgekit.errors import one_line
+from edgekit.onnx_hub import QuantConfig
 from edgekit.target import load_target
 
 
@@ -31,6 +33,8 @@ def job_to_json(backend: str, ctx: BuildContext, calib_npz: Path, target_ref: st
         "float_nodes": list(ctx.float_nodes),
         "torch_model": str(ctx.torch_model) if ctx.torch_model else None,
         "options": ctx.options,
+        "quant": asdict(ctx.quant),
+        "int8_mode": ctx.int8_mode,
     }
 
 
@@ -53,6 +57,8 @@ def _context(job: dict) -> BuildContext:
         float_nodes=tuple(job["float_nodes"]),
         torch_model=Path(job["torch_model"]) if job["torch_model"] else None,
         options=job["options"],
+        quant=QuantConfig(**job["quant"]),
+        int8_mode=job["int8_mode"],
     )
 
 

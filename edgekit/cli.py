@@ -17,6 +17,7 @@ from rich.markdown import Markdown
 
 from edgekit.data import ImagePreprocess
 from edgekit.errors import EdgekitError
+from edgekit.onnx_hub import QuantConfig
 from edgekit.pipeline import Budgets, ConvertOptions, convert
 from edgekit.prune import PruneConfig
 from edgekit.report import exit_code, print_table
@@ -142,6 +143,12 @@ def convert_cmd(
     recover_steps: Annotated[int, typer.Option(help="self-distillation steps after pruning (0: BN only)")] = 0,
     recover_lr: Annotated[float, typer.Option(help="learning rate of the recovery steps")] = 1e-3,
     train: Annotated[Path | None, typer.Option(help="labelled .npz: recovery also fine-tunes on the labels")] = None,
+    calib_method: Annotated[str, typer.Option(help="int8 calibration: minmax | entropy | percentile")] = "minmax",
+    per_tensor: Annotated[bool, typer.Option(help="int8 weights per tensor instead of per channel")] = False,
+    symmetric_activations: Annotated[bool, typer.Option(help="symmetric int8 activations (zero point 0)")] = False,
+    int8_mode: Annotated[
+        str, typer.Option(help="auto (dynamic for MatMul models with token inputs) | static | dynamic")
+    ] = "auto",
     backend_option: Annotated[
         list[str] | None, typer.Option(help="BACKEND.KEY=VALUE (JSON value), e.g. coreml.palettize=4, repeatable")
     ] = None,
@@ -166,6 +173,7 @@ def convert_cmd(
             else None
         )
         options = parse_backend_options(backend_option or [], hls_config)
+        quant = QuantConfig(calib_method, not per_tensor, symmetric_activations, int8_mode)
     except EdgekitError as exc:
         raise _usage_error(exc) from exc
     _execute(
@@ -190,6 +198,7 @@ def convert_cmd(
             prune=pruning,
             train=train,
             backend_options=options,
+            quant=quant,
         )
     )
 

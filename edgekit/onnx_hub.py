@@ -6,6 +6,7 @@ import contextlib
 import io
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -115,8 +116,56 @@ def onnx_output_specs(path: Path) -> list[TensorSpec]:
     return specs
 
 
-def quantize_qdq(fp32: Path, out: Path, calib: Dataset, workdir: Path) -> Path:
-    """Static int8 PTQ with ONNX Runtime: QDQ format, per-channel symmetric weights, MinMax calibration."""
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+INT8_MODES = ("auto", "static", "dynamic")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How int8 builds are calibrated; the same samples and settings feed every backend that offers them."""
+
+    method: str = "minmax"  # minmax | entropy | percentile
+    per_channel: bool = True  # weights: per output channel, else per tensor
+    symmetric_activations: bool = False
+    mode: str = "auto"  # auto: dynamic for MatMul models with token (integer) inputs, static otherwise
+
+    def __post_init__(self) -> None:
+        if self.method not in CALIB_METHODS:
+            raise EdgekitError(f"unknown calibration method '{self.method}'", f"use one of {', '.join(CALIB_METHODS)}")
+        if self.mode not in INT8_MODES:
+            raise EdgekitError(f"unknown int8 mode '{self.mode}'", f"use one of {', '.join(INT8_MODES)}")
+
+    def describe(self) -> str:
+        weights = "per-channel" if self.per_channel else "per-tensor"
+        acts = "symmetric" if self.symmetric_activations else "asymmetric"
+        return f"{self.method} calibration, {weights} weights, {acts} activations"
+
+
+def int8_mode(onnx_path: Path, specs: list[TensorSpec], config: QuantConfig) -> str:
+    """``static`` or ``dynamic``: dynamic for MatMul/Gemm graphs without convolutions fed by integer tokens."""
+    if config.mode != "auto":
+        return config.mode
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(onnx_path), load_external_data=False).graph.node}
+    transformer_like = bool(ops & {"MatMul", "Gemm"}) and not ops & {"Conv", "ConvTranspose"}
+    return "dynamic" if transformer_like and not has_float_inputs(specs) else "static"
+
+
+def quantize_dynamic_int8(fp32: Path, out: Path, config: QuantConfig, workdir: Path) -> Path:
+    """Dynamic int8 with ONNX Runtime: int8 weights, activations quantized per inference (MatMulInteger)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = workdir / "model.preprocessed.onnx"
+    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    quantize_dynamic(str(pre), str(out), per_channel=config.per_channel, weight_type=QuantType.QInt8)
+    pre.unlink()
+    return out
+
+
+def quantize_qdq(fp32: Path, out: Path, calib: Dataset, workdir: Path, config: QuantConfig = QuantConfig()) -> Path:
+    """Static int8 PTQ with ONNX Runtime: QDQ format, symmetric int8 weights, calibrated activations."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -143,13 +192,21 @@ def quantize_qdq(fp32: Path, out: Path, calib: Dataset, workdir: Path) -> Path:
         str(out),
         Reader(),
         quant_format=QuantFormat.QDQ,
-        per_channel=True,
+        per_channel=config.per_channel,
         activation_type=QuantType.QInt8,
         weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
+        calibrate_method={
+            "minmax": CalibrationMethod.MinMax,
+            "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile,
+        }[config.method],
         # Keep Relu/Clip nodes (ORT would fold them into the Q ranges): the graph then stays correct when the
         # accuracy fallback takes a layer out of int8; ORT still fuses them when it runs the graph.
-        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True, "QDQKeepRemovableActivations": True},
+        extra_options={
+            "ActivationSymmetric": config.symmetric_activations,
+            "WeightSymmetric": True,
+            "QDQKeepRemovableActivations": True,
+        },
     )
     pre.unlink()
     return out

