@@ -105,7 +105,7 @@ def _markdown(results: dict, args) -> str:
         f"unlabelled training images ({args.recover_steps} self-distillation steps + BN re-estimation); "
         "int8 calibrated on the same images; accuracy = top-1 on the first held-out test images; 1 thread.",
         "",
-        "| device | build | ratio | MACs | params | top-1 acc. | drop vs original | p50 ms | speed-up vs unpruned int8 |",
+        "| device | build | ratio | MACs | params | top-1 acc. | drop vs original | p50 ms | speed-up vs unpruned |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for scan in results["scans"]:

@@ -596,9 +596,35 @@ def _build_and_check(run: _BuildRun, backend: str, precision: str) -> dict:
             row[key] = info[key]
     if runner.name == "host" and row["latency_kind"] == "measured":
         row["speedup_vs_original"] = run.original["latency_ms"]["p50"] / row["latency_ms"]["p50"]
+    if row["precision"] == "int8":
+        row["executed"] = _executed(run, backend, out_dir, build, row)
+        if row["executed"].get("mostly_float"):
+            e = row["executed"]
+            row["notes"].append(
+                f"silent float fallback: only {e['int8_compute_layers']} of "
+                f"{e['int8_compute_layers'] + e['float_compute_layers']} compute layers run in int8 ({e['source']})"
+            )
     row["status"] = "ok"
     row["budget"] = _check_budgets(row, opts.budgets)
     return row
+
+
+def _executed(run: _BuildRun, backend: str, out_dir: Path, build: dict, row: dict) -> dict:
+    """What the runtime really executes in int8 (see edgekit.executed); never fails the build."""
+    from edgekit import executed
+
+    try:
+        if backend == "onnxruntime":
+            return executed.onnxruntime_execution(run.onnx_qdq, run.scratch)
+        if backend == "tvm":
+            return executed.tvm_execution(run.onnx_qdq)
+        if backend == "tflite":
+            return executed.tflite_execution(out_dir / build["artifacts"]["model"])
+        if backend == "openvino" and row.get("runtime_precisions"):
+            return executed.openvino_execution(row["runtime_precisions"])
+    except Exception as exc:  # a runtime that cannot be inspected still ran and was checked
+        return {"error": one_line(exc)}
+    return {"unavailable": f"{backend} does not report executed precisions"}
 
 
 def _deflated_size(path: Path) -> int:

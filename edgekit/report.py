@@ -118,6 +118,12 @@ def markdown(report: dict) -> str:
         if r.get("quantization"):
             bits.append(r["quantization"])
         bits += r.get("notes", [])
+        e = r.get("executed") or {}
+        if "int8_share" in e:
+            bits.append(
+                f"executed in int8: {e['int8_compute_layers']}/{e['int8_compute_layers'] + e['float_compute_layers']} "
+                f"compute layers ({e['source']})"
+            )
         if r.get("runtime_precisions"):
             bits.append(f"layers by runtime precision: {r['runtime_precisions']}")
         if r.get("budget", {}).get("violations"):
@@ -206,6 +212,12 @@ def print_table(report: dict, console: Console | None = None) -> None:
     for row in report["builds"]:
         if row.get("reason"):
             console.print(f"[bold]{row['backend']} {row['precision']}[/]: {row['reason']}")
+        e = row.get("executed") or {}
+        if e.get("mostly_float"):
+            console.print(
+                f"[yellow]{row['backend']} {row['precision']}: int8 mostly runs in float[/] — "
+                f"{e['int8_compute_layers']} int8 vs {e['float_compute_layers']} float compute layers ({e['source']})"
+            )
     for note in report["not_verified"]:
         console.print(f"[yellow]not verified:[/] {note}")
 

@@ -20,8 +20,10 @@ from tests.conftest import N_TRAIN, cnn_options
 @pytest.fixture(scope="module")
 def converted(cnn_case, tmp_path_factory):
     out = tmp_path_factory.mktemp("diff") / "out"
-    convert(cnn_options(cnn_case, target="host", backends=("onnxruntime", "openvino"), out=out, runs=2, warmup=1))
-    return out
+    report = convert(
+        cnn_options(cnn_case, target="host", backends=("onnxruntime", "openvino", "tvm"), out=out, runs=2, warmup=1)
+    )
+    return out, report
 
 
 def _damage(build, layer_weight: str, factor: float) -> None:
@@ -36,7 +38,17 @@ def _damage(build, layer_weight: str, factor: float) -> None:
     onnx.save(model, str(path))
 
 
+def test_silent_float_fallback_is_flagged(converted):
+    rows = {b["backend"]: b for b in converted[1]["builds"]}
+    ort, tvm = rows["onnxruntime"]["executed"], rows["tvm"]["executed"]
+    assert ort["int8_compute_layers"] == 4 and not ort["mostly_float"]  # QLinearConv ×3 + QGemm/QLinearMatMul
+    assert tvm["int8_compute_layers"] == 0 and tvm["mostly_float"]  # TVM dequantizes QDQ to float kernels
+    assert any("silent float fallback" in n for n in rows["tvm"]["notes"])
+    assert rows["openvino"]["executed"]["int8_compute_layers"] > 0
+
+
 def test_diff_points_at_damaged_layer(converted, digits, tmp_path):
+    converted, _ = converted
     x, _ = digits
     feed = {"x": x[N_TRAIN : N_TRAIN + 1]}
     clean = layer_diff(converted / "onnx" / "model.onnx", converted / "onnxruntime_int8", feed)
@@ -67,6 +79,7 @@ def test_diff_points_at_damaged_layer(converted, digits, tmp_path):
 
 
 def test_diff_reads_openvino_intermediates(converted, digits):
+    converted, _ = converted
     x, _ = digits
     result = layer_diff(converted / "onnx" / "model.onnx", converted / "openvino_int8", {"x": x[N_TRAIN : N_TRAIN + 1]})
     assert result["compared_through"] == "OpenVINO runtime" and result["matched_layers"] >= 4
@@ -74,6 +87,7 @@ def test_diff_reads_openvino_intermediates(converted, digits):
 
 
 def test_diff_refuses_tflite_and_bad_input(converted, tmp_path):
+    converted, _ = converted
     build = tmp_path / "tflite_int8"
     build.mkdir()
     (build / "build.json").write_text(json.dumps({"backend": "tflite", "precision": "int8", "artifacts": {}}))
