@@ -10,6 +10,8 @@ from pathlib import Path
 import onnx
 from edgekit.converters.base import BuildContext, BuildResult, Converter, io_by_name, write_manifest
 
+from edgekit.onnx_hub import quantize_qdq, x86_without_vnni
+
 
 class OnnxRuntimeConverter(Converter):
     name = "onnxruntime"
@@ -19,8 +21,15 @@ class OnnxRuntimeConverter(Converter):
         self.check_precision(ctx.precision)
         dst = ctx.out_dir / f"model_{ctx.precision}.onnx"
         quant = ""
+        notes = []
         if ctx.precision == "int8":
             shutil.copyfile(ctx.onnx_qdq, dst)
+            if ctx.int8_mode == "static" and ctx.target.arch == "x86_64" and x86_without_vnni():
+                _requantize_u8u8(ctx, dst)
+                notes.append(
+                    "x86 without VNNI: uint8 activations and weights (U8U8), because ORT's signed-weight AVX2 "
+                    "kernels saturate 16-bit sums here"
+                )
             if ctx.int8_mode == "dynamic":
                 quant = "dynamic int8 (int8 weights, activations quantized per inference; MatMulInteger)"
             else:
@@ -35,7 +44,7 @@ class OnnxRuntimeConverter(Converter):
             quant = "fp16 weights and activations, fp32 inputs/outputs"
         else:
             shutil.copyfile(ctx.onnx_fp32, dst)
-        artifacts, notes = {"model": dst.name}, []
+        artifacts = {"model": dst.name}
         if ctx.target.extra.get("onnxruntime", {}).get("format") == "ort":
             artifacts = to_ort_format(dst, ctx.work_dir, ctx.target.arch)
             notes.append(
@@ -45,6 +54,15 @@ class OnnxRuntimeConverter(Converter):
         result = BuildResult(self.name, ctx.precision, artifacts, notes, quantization=quant)
         write_manifest(ctx, result, io_by_name(ctx.inputs), io_by_name(ctx.outputs))
         return result
+
+
+def _requantize_u8u8(ctx: BuildContext, dst: Path) -> None:
+    """The same calibration, re-run with U8U8 types; the accuracy-fallback layers are put back in float."""
+    from edgekit.fallback import float_nodes
+
+    quantize_qdq(ctx.onnx_fp32, dst, ctx.calib, ctx.work_dir, ctx.quant, u8u8=True)
+    if ctx.float_nodes:
+        onnx.save(float_nodes(onnx.load(str(dst)), set(ctx.float_nodes)), str(dst))
 
 
 def to_ort_format(onnx_path: Path, work: Path, arch: str) -> dict[str, str]:

@@ -164,8 +164,27 @@ def quantize_dynamic_int8(fp32: Path, out: Path, config: QuantConfig, workdir: P
     return out
 
 
-def quantize_qdq(fp32: Path, out: Path, calib: Dataset, workdir: Path, config: QuantConfig = QuantConfig()) -> Path:
-    """Static int8 PTQ with ONNX Runtime: QDQ format, symmetric int8 weights, calibrated activations."""
+def x86_without_vnni() -> bool:
+    """This is an x86-64 CPU without VNNI: ORT's s8/u8×s8 int8 kernels (AVX2 vpmaddubsw) can saturate here."""
+    import platform
+
+    if platform.machine() != "x86_64":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "vnni" not in flags
+
+
+def quantize_qdq(
+    fp32: Path, out: Path, calib: Dataset, workdir: Path, config: QuantConfig = QuantConfig(), u8u8: bool = False
+) -> Path:
+    """Static int8 PTQ with ONNX Runtime: QDQ format, symmetric int8 weights, calibrated activations.
+
+    ``u8u8`` (uint8 activations and asymmetric uint8 weights) is what ORT's x86 kernels need on CPUs without
+    VNNI, where the signed-weight kernels saturate 16-bit partial sums.
+    """
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -193,8 +212,8 @@ def quantize_qdq(fp32: Path, out: Path, calib: Dataset, workdir: Path, config: Q
         Reader(),
         quant_format=QuantFormat.QDQ,
         per_channel=config.per_channel,
-        activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8,
+        activation_type=QuantType.QUInt8 if u8u8 else QuantType.QInt8,
+        weight_type=QuantType.QUInt8 if u8u8 else QuantType.QInt8,
         calibrate_method={
             "minmax": CalibrationMethod.MinMax,
             "entropy": CalibrationMethod.Entropy,
@@ -204,7 +223,7 @@ def quantize_qdq(fp32: Path, out: Path, calib: Dataset, workdir: Path, config: Q
         # accuracy fallback takes a layer out of int8; ORT still fuses them when it runs the graph.
         extra_options={
             "ActivationSymmetric": config.symmetric_activations,
-            "WeightSymmetric": True,
+            "WeightSymmetric": not u8u8,
             "QDQKeepRemovableActivations": True,
         },
     )

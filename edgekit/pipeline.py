@@ -615,7 +615,8 @@ def _executed(run: _BuildRun, backend: str, out_dir: Path, build: dict, row: dic
 
     try:
         if backend == "onnxruntime":
-            return executed.onnxruntime_execution(run.onnx_qdq, run.scratch)
+            model = out_dir / build["artifacts"]["model"]  # the .onnx it runs; an .ort came from the shared graph
+            return executed.onnxruntime_execution(model if model.suffix == ".onnx" else run.onnx_qdq, run.scratch)
         if backend == "tvm":
             return executed.tvm_execution(run.onnx_qdq)
         if backend == "tflite":
