@@ -418,7 +418,7 @@ def targets() -> None:
             t.triple,
             t.cpu or "native",
             ", ".join(t.backends),
-            t.default_precision,
+            ", ".join(t.default_precisions),
             t.runner,
             t.description,
         )

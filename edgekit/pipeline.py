@@ -77,7 +77,7 @@ Log = Callable[[str], None]
 def convert(opts: ConvertOptions, log: Log = lambda msg: None) -> dict:
     """Run the whole pipeline and return the report (also written to ``opts.out``)."""
     target = load_target(opts.target)
-    precisions = opts.precisions or (target.default_precision,)
+    precisions = opts.precisions or target.default_precisions
     for p in precisions:
         if p not in PRECISIONS:
             raise EdgekitError(f"unknown precision '{p}'", f"use one or more of {', '.join(PRECISIONS)}")

@@ -11,12 +11,19 @@ from pathlib import Path
 from edgekit.errors import EdgekitError
 from edgekit.pipeline import ConvertOptions, Log, convert, publish
 from edgekit.prune import PruneConfig
+from edgekit.source import load_model
 
 
 def prune_scan(opts: ConvertOptions, prune: PruneConfig, ratios: tuple[float, ...], log: Log = lambda m: None) -> dict:
     """Run ``convert`` unpruned and at every ratio (same data, device and builds); write scan.json/.md/.png."""
     if not ratios or any(not 0.0 < r < 1.0 for r in ratios):
         raise EdgekitError(f"--ratios {list(ratios)} must be fractions in (0, 1)", "write e.g. --ratios 0.2,0.3,0.5")
+    framework = load_model(opts.model, opts.weights).framework
+    if framework != "pytorch":
+        raise EdgekitError(
+            f"prune-scan needs a PyTorch nn.Module; '{opts.model}' is a {framework} model",
+            "pass the architecture as module:callable (or file.py:callable) with --weights",
+        )
     out = Path(opts.out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.edgekit-scan-", dir=out.parent))

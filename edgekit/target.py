@@ -23,7 +23,7 @@ class Target:
     cpu: str
     mattr: tuple[str, ...]
     backends: tuple[str, ...]
-    default_precision: str
+    default_precisions: tuple[str, ...]  # built when --precision is not given
     runner: str
     cross_compiler: str = ""
     platform: str = "linux"  # linux | android | ios | fpga
@@ -64,8 +64,9 @@ def load_target(name_or_path: str) -> Target:
     except tomllib.TOMLDecodeError as exc:
         raise EdgekitError(f"target file {path} is not valid TOML ({exc})", "fix the syntax") from exc
     precision = data.get("default_precision", "fp32")
-    if precision not in PRECISIONS:
-        raise EdgekitError(f"target {path}: default_precision '{precision}'", f"use one of {PRECISIONS}")
+    defaults = tuple(precision) if isinstance(precision, list) else (precision,)
+    if not defaults or any(p not in PRECISIONS for p in defaults):
+        raise EdgekitError(f"target {path}: default_precision {precision!r}", f"use one or more of {PRECISIONS}")
     return Target(
         name=data.get("name", path.stem),
         description=data.get("description", ""),
@@ -74,7 +75,7 @@ def load_target(name_or_path: str) -> Target:
         cpu=data.get("cpu", ""),
         mattr=tuple(data.get("mattr", ())),
         backends=tuple(data["backends"]),
-        default_precision=precision,
+        default_precisions=defaults,
         runner=data.get("runner", "host"),
         cross_compiler=data.get("cross_compiler", ""),
         platform=data.get("platform", "linux"),

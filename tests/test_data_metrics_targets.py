@@ -87,7 +87,8 @@ def test_targets_are_declarative():
         "mcpu": "cortex-a76",
         "mattr": ["+neon"],
     }
-    assert arm.default_precision == "int8" and "tvm" in arm.backends
+    assert arm.default_precisions == ("int8",) and "tvm" in arm.backends
+    assert load_target("android-arm64").default_precisions == ("int8", "fp16")
 
 
 def test_unknown_target(tmp_path):

@@ -32,19 +32,25 @@ def test_targets_list_mobile_and_fpga():
 
 def test_android_target_builds_checked_on_emulated_arm64(cnn_case, tmp_path):
     report = convert(cnn_options(cnn_case, eval=cnn_case["eval"], target="android-arm64", out=tmp_path / "a"))
-    rows = {b["backend"]: b for b in report["builds"]}
-    assert set(rows) == {"tflite", "onnxruntime", "tvm"}
-    for row in rows.values():
+    rows = {
+        (b["backend"], b["requested_precision"] if "requested_precision" in b else b["precision"]): b
+        for b in report["builds"]
+    }
+    assert set(rows) == {(b, p) for b in ("tflite", "onnxruntime", "tvm") for p in ("int8", "fp16")}
+    assert rows["tvm", "fp16"]["status"] == "skipped"  # TVM offers no fp16 CPU build
+    for key, row in rows.items():
+        if key == ("tvm", "fp16"):
+            continue
         assert row["status"] == "ok", row
         assert row["latency_kind"] == "emulated" and "qemu" in row["device"]
         assert row["accuracy"]["top1_agreement"] >= 0.98
     # ONNX Runtime Mobile: the device ran the .ort file; the reduced-operator config is beside it.
-    assert "onnxruntime_int8/model_int8.ort" in rows["onnxruntime"]["artifacts"]
+    assert "onnxruntime_int8/model_int8.ort" in rows["onnxruntime", "int8"]["artifacts"]
     config = (tmp_path / "a" / "onnxruntime_int8" / "model_int8.required_operators.config").read_text()
     assert "ai.onnx" in config and "Conv" in config
     # TVM: an Android object archive (no NDK here) and the glibc twin the emulator ran.
-    assert any(a.endswith("aarch64-linux-android.tar") for a in rows["tvm"]["artifacts"])
-    assert any(a.endswith("aarch64-linux-gnu.so") for a in rows["tvm"]["artifacts"])
+    assert any(a.endswith("aarch64-linux-android.tar") for a in rows["tvm", "int8"]["artifacts"])
+    assert any(a.endswith("aarch64-linux-gnu.so") for a in rows["tvm", "int8"]["artifacts"])
     assert any("not run on a phone" in n for n in report["not_verified"])
 
 
