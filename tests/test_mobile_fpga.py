@@ -32,10 +32,7 @@ def test_targets_list_mobile_and_fpga():
 
 def test_android_target_builds_checked_on_emulated_arm64(cnn_case, tmp_path):
     report = convert(cnn_options(cnn_case, eval=cnn_case["eval"], target="android-arm64", out=tmp_path / "a"))
-    rows = {
-        (b["backend"], b["requested_precision"] if "requested_precision" in b else b["precision"]): b
-        for b in report["builds"]
-    }
+    rows = {(b["backend"], b.get("requested_precision", b["precision"])): b for b in report["builds"]}
     assert set(rows) == {(b, p) for b in ("tflite", "onnxruntime", "tvm") for p in ("int8", "fp16")}
     assert rows["tvm", "fp16"]["status"] == "skipped"  # TVM offers no fp16 CPU build
     for key, row in rows.items():
