@@ -28,7 +28,7 @@ class OnnxRuntimeConverter(Converter):
                 _requantize_u8u8(ctx, dst)
                 notes.append(
                     "x86 without VNNI: uint8 activations and weights (U8U8), because ORT's signed-weight AVX2 "
-                    "kernels saturate 16-bit sums here"
+                    "kernels saturate 16-bit sums here; U8U8 has no fast AVX2 kernel (slower than S8S8 on Arm/VNNI)"
                 )
             if ctx.int8_mode == "dynamic":
                 quant = "dynamic int8 (int8 weights, activations quantized per inference; MatMulInteger)"

@@ -7,10 +7,16 @@ import re
 
 from edgekit.converters.base import BuildContext, BuildResult, Converter, io_by_name, write_manifest
 
+from edgekit.onnx_hub import x86_without_vnni
 
-def _nncf_settings(quant):
+
+def _nncf_settings(quant, arch: str):
     """NNCF's advanced parameters for a QuantConfig, and a note where NNCF has no exact equivalent."""
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        OverflowFix,
+        QuantizationParameters,
+    )
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     estimator = {
@@ -22,10 +28,15 @@ def _nncf_settings(quant):
         "percentile": "percentile calibration: NNCF's mean of per-sample quantiles",
         "entropy": "entropy calibration: NNCF has no KL-divergence estimator; its histogram (MSE) estimator is used",
     }.get(quant.method)
+    # x86 without VNNI multiplies u8×s8 with 16-bit saturating sums: 7-bit weights in every layer avoid it there.
+    overflow = OverflowFix.ENABLE if arch == "x86_64" and x86_without_vnni() else OverflowFix.FIRST_LAYER
     advanced = AdvancedQuantizationParameters(
+        overflow_fix=overflow,
         activations_range_estimator_params=estimator,
         weights_quantization_params=QuantizationParameters(per_channel=quant.per_channel),
     )
+    if overflow == OverflowFix.ENABLE:
+        note = "; ".join(filter(None, [note, "x86 without VNNI: 7-bit weights in every layer (NNCF overflow fix)"]))
     return advanced, note
 
 
@@ -49,7 +60,7 @@ class OpenVinoConverter(Converter):
             feeds = [ctx.calib.sample(i) for i in range(len(ctx.calib))]
             # OpenVINO keeps ONNX node names; a Conv's weights op is named "<node>/WithoutBiases".
             ignored = nncf.IgnoredScope(patterns=[f"{re.escape(n)}(/.*)?" for n in ctx.float_nodes], validate=False)
-            advanced, note = _nncf_settings(ctx.quant)
+            advanced, note = _nncf_settings(ctx.quant, ctx.target.arch)
             model = nncf.quantize(
                 model,
                 nncf.Dataset(feeds),
