@@ -142,11 +142,16 @@ def find_fallback(
         # Rank by agreement gained, then by cosine gained (agreement moves in coarse steps on few samples).
         sensitivity.append((name, s["agreement"] - base["agreement"] + (s["cosine"] - base["cosine"])))
     sensitivity.sort(key=lambda item: -item[1])
+    # Greedy forward selection in sensitivity order: a layer stays float only if it helps in combination with
+    # the layers already chosen, so a budget that cannot be met does not leave useless float layers behind.
     kept: list[str] = []
     current = base
     for name, _ in sensitivity[:max_float]:
+        trial = _score(float_nodes(model, {*kept, name}), feeds, reference)
+        if trial["agreement"] + trial["cosine"] <= current["agreement"] + current["cosine"]:
+            continue
         kept.append(name)
-        current = _score(float_nodes(model, set(kept)), feeds, reference)
+        current = trial
         if current["agreement"] >= floor:
             break
     return FallbackResult(
