@@ -255,6 +255,10 @@ def prune_scan_cmd(
 
     logging.getLogger("nncf").setLevel(logging.ERROR)
     try:
+        values = _floats(ratios)
+    except ValueError as exc:
+        raise _usage_error(EdgekitError(f"--ratios '{ratios}': {exc}", "write e.g. --ratios 0.2,0.3,0.5")) from exc
+    try:
         config = PruneConfig(kind, 0.5, importance=importance, recover_steps=recover_steps, recover_lr=recover_lr)
         opts = ConvertOptions(
             model=model,
@@ -272,12 +276,10 @@ def prune_scan_cmd(
             train=train,
         )
         with err.status("starting") as status:
-            scan = prune_scan(opts, config, _floats(ratios), log=lambda msg: (status.update(msg), err.log(msg)))
+            scan = prune_scan(opts, config, values, log=lambda msg: (status.update(msg), err.log(msg)))
     except EdgekitError as exc:
         raise _usage_error(exc) from exc
-    except ValueError as exc:
-        raise _usage_error(EdgekitError(f"--ratios '{ratios}': {exc}", "write e.g. --ratios 0.2,0.3,0.5")) from exc
-    Console().print(Markdown((Path(out) / "scan.md").read_text()))
+    _console().print(Markdown((Path(out) / "scan.md").read_text()))
     err.print(f"scan: {Path(out) / 'scan.md'}, plot: {Path(out) / 'scan.png'}")
     failed = any(b["status"] == "failed" for p in scan["points"] for b in p["builds"])
     raise typer.Exit(1 if failed else 0)
@@ -372,13 +374,16 @@ def diff_cmd(
                 f"need an ONNX graph and a build folder (got {graph}, {build})",
                 "pass the convert output folder (or its onnx/model.onnx) and one of its build folders",
             )
-        with np.load(inputs, allow_pickle=False) as npz:
-            feed = {k: npz[k][sample : sample + 1] for k in npz.files if k != "labels"}
+        try:
+            with np.load(inputs, allow_pickle=False) as npz:
+                feed = {k: npz[k][sample : sample + 1] for k in npz.files if k != "labels"}
+        except (OSError, ValueError) as exc:
+            raise EdgekitError(f"cannot read --inputs {inputs}: {exc}", "give an .npz with the model's inputs") from exc
+        if not feed or any(len(v) == 0 for v in feed.values()):
+            raise EdgekitError(f"--inputs {inputs} has no sample {sample}", "pick an existing --sample")
         result = diff.layer_diff(graph, build, feed)
     except EdgekitError as exc:
         raise _usage_error(exc) from exc
-    except (OSError, ValueError, IndexError, KeyError) as exc:
-        raise _usage_error(EdgekitError(f"cannot diff on {inputs}: {exc}", "give the build's input arrays")) from exc
     if out:
         out.write_text(json.dumps(result, indent=2))
     if plot:

@@ -185,7 +185,7 @@ def _pruning_lines(p: dict) -> list[str]:
             if task
             else ""
         )
-        + ". The builds below are compared with the unpruned original."
+        + ". Every build is compared with the unpruned original."
     )
     return lines
 

@@ -50,7 +50,7 @@ class RunnerError(RuntimeError):
 def platform_limit(backend: str, runner: Runner) -> str | None:
     """Why ``runner`` can never run ``backend`` builds for platform reasons (Core ML, hls4ml C-simulation)."""
     if backend == "coreml" and (runner.name != "host" or platform.system() != "Darwin"):
-        return "Core ML runs only on macOS/iOS (built and its program inspected on this Linux machine)"
+        return "Core ML runs only on macOS/iOS (built here; its program inspected, not run)"
     if backend == "hls4ml" and runner.name != "host":
         return "the hls4ml C-simulation library is built for this host; FPGA builds are checked on the host"
     return None
