@@ -684,6 +684,12 @@ def _not_verified(target: Target, runner: Runner, backends) -> list[str]:
             f"core, run count reduced to ≤ {runner.MAX_RUNS}): compare builds with them, never quote them "
             "as device latency; no speed-up against the host-measured original is given; peak RSS includes qemu itself"
         )
+    if runner.name == "host" and target.arch != "x86_64" and onnx_hub.x86_without_vnni():
+        notes.append(
+            "this x86 host has no VNNI: ONNX Runtime's and OpenVINO's int8 kernels here multiply u8×s8 with "
+            f"saturating 16-bit sums, so their int8 accuracy on this host is lower than on {target.arch} "
+            "(check with --device emulated)"
+        )
     if runner.name == "host" and target.arch != platform.machine() and target.platform != "fpga":
         notes.append(
             f"builds for {target.name} ({target.arch}) were checked on this {platform.machine()} host, "
