@@ -20,7 +20,7 @@ from edgekit.errors import EdgekitError
 from edgekit.onnx_hub import QuantConfig
 from edgekit.pipeline import Budgets, ConvertOptions, convert
 from edgekit.prune import PruneConfig
-from edgekit.report import exit_code, print_table
+from edgekit.report import exit_code, print_table, wide_console
 from edgekit.target import list_targets, load_target
 
 app = typer.Typer(
@@ -30,14 +30,6 @@ app = typer.Typer(
     help="Convert a trained model into checked edge builds (TFLite, OpenVINO, TVM, ONNX Runtime).",
 )
 err = Console(stderr=True)
-
-
-def _console() -> Console:
-    """stdout console; pipes and CI logs get a wide page instead of 80 squeezed columns."""
-    console = Console()
-    if not console.is_terminal:
-        console.width = max(console.width, 200)
-    return console
 
 
 def _print_error(exc: EdgekitError) -> None:
@@ -279,7 +271,7 @@ def prune_scan_cmd(
             scan = prune_scan(opts, config, values, log=lambda msg: (status.update(msg), err.log(msg)))
     except EdgekitError as exc:
         raise _usage_error(exc) from exc
-    _console().print(Markdown((Path(out) / "scan.md").read_text()))
+    wide_console(200).print(Markdown((Path(out) / "scan.md").read_text()))
     err.print(f"scan: {Path(out) / 'scan.md'}, plot: {Path(out) / 'scan.png'}")
     failed = any(b["status"] == "failed" for p in scan["points"] for b in p["builds"])
     raise typer.Exit(1 if failed else 0)
@@ -388,7 +380,7 @@ def diff_cmd(
         out.write_text(json.dumps(result, indent=2))
     if plot:
         diff.plot(result, plot)
-    console = _console()
+    console = wide_console(200)
     table = Table(title=f"{result['backend']} {result['precision']} vs original ({result['compared_through']})")
     for col in ("layer", "op", "params", "cosine", "max abs", "SNR dB", "jump dB"):
         table.add_column(col, justify="left" if col in ("layer", "op", "params") else "right")
@@ -427,4 +419,4 @@ def targets() -> None:
             t.runner,
             t.description,
         )
-    _console().print(table)
+    wide_console(200).print(table)

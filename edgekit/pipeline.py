@@ -450,8 +450,7 @@ def _check_onnx(path: Path, evalset: Dataset, reference: list[np.ndarray]) -> di
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    outs = [sess.run(None, evalset.sample(i)) for i in range(len(evalset))]
-    produced = [np.concatenate([o[j] for o in outs]) for j in range(len(outs[0]))]
+    produced = _outputs(lambda feed: sess.run(None, feed), evalset)
     try:
         check = compare(reference, produced, evalset.labels)
     except ValueError as exc:

@@ -195,10 +195,16 @@ def write_report(report: dict, folder: Path) -> None:
     (folder / "report.md").write_text(markdown(report))
 
 
+def wide_console(width: int = 160) -> Console:
+    """A stdout console; CI logs and pipes get ``width`` columns instead of 80 squeezed ones."""
+    console = Console()
+    if not console.is_terminal:
+        console.width = max(console.width, width)
+    return console
+
+
 def print_table(report: dict, console: Console | None = None) -> None:
-    console = console or Console()
-    if not console.is_terminal:  # CI logs and pipes: do not squeeze the table into 80 columns
-        console.width = max(console.width, 160)
+    console = console or wide_console()
     t = report["target"]
     table = Table(title=f"edgekit · target {t['name']} · checked by {report['runner']}")
     for col in COLUMNS:
