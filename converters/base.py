@@ -87,6 +87,7 @@ def write_manifest(ctx: BuildContext, result: BuildResult, inputs: list[dict], o
         "artifacts": result.artifacts,
         "inputs": inputs,
         "outputs": outputs,
+        "model_inputs": [spec.to_json() for spec in ctx.inputs],  # the original's inputs: what diff/profile feed
         **extra,
     }
     (ctx.out_dir / "build.json").write_text(json.dumps(manifest, indent=2))

@@ -8,15 +8,18 @@ the work folder under /data/local/tmp is removed afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import uuid
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from edgekit import procs
 from edgekit.errors import EdgekitError
 from edgekit.runners import (
     PROBE,
@@ -30,6 +33,17 @@ from edgekit.runners import (
 )
 
 REMOTE_ROOT = "/data/local/tmp"
+ADB_SERVER_PORT = 5037
+
+
+def _server_running() -> bool:
+    """Whether an adb server already listens (it was started by the user or another tool, not by edgekit)."""
+    import os
+
+    port = int(os.environ.get("ANDROID_ADB_SERVER_PORT", ADB_SERVER_PORT))
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def parse_devices(text: str) -> dict[str, str]:
@@ -84,6 +98,14 @@ class AdbRunner(Runner):
         self.benchmark_model = Path(query["benchmark_model"]) if "benchmark_model" in query else None
         self.adb = adb
         self.facts: dict = {}
+        self.started_server = False  # edgekit started adb's background server: stop it in close()
+
+    def close(self) -> None:
+        """Stop the adb server if edgekit started it (adb leaves it running otherwise)."""
+        if self.started_server:
+            with contextlib.suppress(RunnerError):
+                self._call([self.adb, "kill-server"], timeout=30)
+            self.started_server = False
 
     def command(self, *args: str) -> list[str]:
         """The adb argv for one call, pinned to the chosen phone."""
@@ -107,7 +129,7 @@ class AdbRunner(Runner):
 
     def _call(self, argv: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
         try:
-            return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+            return procs.run(argv, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
             raise RunnerError(f"adb timed out after {timeout:.0f} s: {' '.join(argv[:4])}") from exc
 
@@ -126,6 +148,7 @@ class AdbRunner(Runner):
     def prepare(self, log=lambda msg: None) -> None:
         if shutil.which(self.adb) is None:
             raise EdgekitError("adb is not installed", "apt-get install adb, or install Android platform-tools")
+        self.started_server = self.started_server or not _server_running()
         proc = self._call([self.adb, "devices"], timeout=60)
         devices = parse_devices(proc.stdout)
         ready = [s for s, state in devices.items() if state == "device"]
@@ -146,7 +169,7 @@ class AdbRunner(Runner):
         self.serial = self.facts["serial"]
         model = self._call(self.command("shell", "getprop ro.product.model"))
         self.facts["model"] = model.stdout.strip() or "?"
-        probe = self._call(self.command("shell", f"{self.python} -c {shlex.quote(PROBE)}"))
+        probe = self._call(self.command("shell", f"{shlex.quote(self.python)} -c {shlex.quote(PROBE)}"))
         if probe.returncode != 0 or not probe.stdout.strip():
             raise EdgekitError(
                 f"phone {self.serial}: no Python at {self.python} for edgekit's runner",

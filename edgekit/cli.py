@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import os
 import re
+import signal
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.markdown import Markdown
 
-from edgekit.data import ImagePreprocess
-from edgekit.errors import EdgekitError
+from edgekit.data import ImagePreprocess, check_input_shape
+from edgekit.errors import EdgekitError, one_line
 from edgekit.onnx_hub import QuantConfig
 from edgekit.pipeline import Budgets, ConvertOptions, convert
+from edgekit.procs import Terminated, signals_as_interrupt
+from edgekit.profiling import read_build, read_inputs
 from edgekit.prune import PruneConfig
 from edgekit.report import exit_code, print_table, wide_console
+from edgekit.safety import check_result_file, regular_file
+from edgekit.source import load_model
 from edgekit.target import list_targets, load_target
 
 app = typer.Typer(
@@ -52,7 +59,9 @@ def parse_input_shapes(values: list[str]) -> dict[str, tuple[tuple[int, ...], st
                 f"--input-shape '{value}' is not NAME:1x3x224x224[:dtype]",
                 "write e.g. --input-shape input:1x3x224x224 or ids:1x128:int64",
             )
-        shapes[m.group(1) or ""] = (tuple(int(d) for d in m.group(2).split("x")), m.group(3) or "float32")
+        shape, dtype = tuple(int(d) for d in m.group(2).split("x")), m.group(3) or "float32"
+        check_input_shape(m.group(1) or "", shape, dtype)
+        shapes[m.group(1) or ""] = (shape, dtype)
     return shapes
 
 
@@ -71,9 +80,12 @@ def parse_backend_options(values: list[str], hls_config: Path | None) -> dict[st
         options.setdefault(backend, {})[name] = parsed
     if hls_config is not None:
         try:
-            options.setdefault("hls4ml", {}).update(json.loads(hls_config.read_text()))
-        except (OSError, json.JSONDecodeError) as exc:
+            config = json.loads(regular_file(hls_config, "--hls-config").read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise EdgekitError(f"--hls-config {hls_config}: {exc}", "give a readable JSON file") from exc
+        if not isinstance(config, dict):
+            raise EdgekitError(f"--hls-config {hls_config} holds a {type(config).__name__}", "give a JSON object")
+        options.setdefault("hls4ml", {}).update(config)
     return options
 
 
@@ -81,17 +93,57 @@ def _csv(value: str | None) -> tuple[str, ...] | None:
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
 
 
-def _floats(value: str) -> tuple[float, ...]:
-    return tuple(float(v) for v in value.split(","))
+def _floats(value: str, flag: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise EdgekitError(
+            f"{flag} '{value}' is not a comma-separated list of numbers", f"write e.g. {flag} 127"
+        ) from None
+    if not all(math.isfinite(v) for v in values):
+        raise EdgekitError(f"{flag} '{value}' is not finite", f"write e.g. {flag} 127")
+    return values
+
+
+def _per_channel(value: str, flag: str) -> tuple[float, ...]:
+    values = _floats(value, flag)
+    if len(values) not in (1, 3):
+        raise EdgekitError(f"{flag} '{value}' needs 1 or 3 values", f"write e.g. {flag} 127 or {flag} 124,116,104")
+    return values * 3 if len(values) == 1 else values
+
+
+@contextlib.contextmanager
+def _guarded() -> Iterator[None]:
+    """Bad input → one line and exit 2; Ctrl-C, SIGTERM, SIGHUP → cleanup and exit 130/143/129; never a traceback."""
+    try:
+        with signals_as_interrupt():
+            yield
+    except EdgekitError as exc:
+        raise _usage_error(exc) from exc
+    except Terminated as exc:
+        err.print(f"[bold red]stopped:[/] {signal.Signals(exc.signum).name}; nothing was published", highlight=False)
+        raise typer.Exit(128 + exc.signum) from exc
+    except KeyboardInterrupt as exc:
+        err.print("[bold red]interrupted:[/] nothing was published", highlight=False)
+        raise typer.Exit(130) from exc
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:
+        if os.environ.get("EDGEKIT_DEBUG"):
+            raise
+        err.print(
+            f"[bold red]internal error:[/] {one_line(exc)} — fix: rerun with EDGEKIT_DEBUG=1 for the traceback "
+            "and report it to edgekit",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from exc
 
 
 def _execute(opts: ConvertOptions) -> None:
     logging.getLogger("nncf").setLevel(logging.ERROR)
-    try:
-        with err.status("starting") as status:
-            report = convert(opts, log=lambda msg: (status.update(msg), err.log(msg)))
-    except EdgekitError as exc:
-        raise _usage_error(exc) from exc
+    with _guarded(), err.status("starting") as status:
+        report = convert(opts, log=lambda msg: (status.update(msg), err.log(msg)))
     print_table(report)
     err.print(f"report: {Path(opts.out) / 'report.md'}")
     raise typer.Exit(exit_code(report))
@@ -147,10 +199,13 @@ def convert_cmd(
     hls_config: Annotated[
         Path | None, typer.Option(help="JSON merged into hls4ml's config, e.g. per-layer Precision/ReuseFactor")
     ] = None,
+    trust_model: Annotated[
+        bool, typer.Option(help="load formats that can run code (TorchScript, pickled .pt2 parts): trusted files only")
+    ] = False,
 ) -> None:
     """Convert MODEL for TARGET, run every build, check it against the original and write a report."""
-    m, s = _floats(mean), _floats(std)
-    try:
+    with _guarded():
+        m, s = _per_channel(mean, "--mean"), _per_channel(std, "--std")
         shapes = parse_input_shapes(input_shape or [])
         pruning = (
             PruneConfig.parse(
@@ -166,8 +221,6 @@ def convert_cmd(
         )
         options = parse_backend_options(backend_option or [], hls_config)
         quant = QuantConfig(calib_method, not per_tensor, symmetric_activations, int8_mode)
-    except EdgekitError as exc:
-        raise _usage_error(exc) from exc
     _execute(
         ConvertOptions(
             model=model,
@@ -180,7 +233,7 @@ def convert_cmd(
             backends=_csv(backends),
             device=device,
             input_shapes=shapes or None,
-            image=ImagePreprocess(m * 3 if len(m) == 1 else m, s * 3 if len(s) == 1 else s, ten_crop),
+            image=ImagePreprocess(m, s, ten_crop),
             calib_size=calib_size,
             eval_size=eval_size,
             runs=runs,
@@ -191,6 +244,8 @@ def convert_cmd(
             train=train,
             backend_options=options,
             quant=quant,
+            trust_model=trust_model,
+            hls_config=hls_config,
         )
     )
 
@@ -246,11 +301,8 @@ def prune_scan_cmd(
     from edgekit.scan import prune_scan
 
     logging.getLogger("nncf").setLevel(logging.ERROR)
-    try:
-        values = _floats(ratios)
-    except ValueError as exc:
-        raise _usage_error(EdgekitError(f"--ratios '{ratios}': {exc}", "write e.g. --ratios 0.2,0.3,0.5")) from exc
-    try:
+    with _guarded():
+        values = _floats(ratios, "--ratios")
         config = PruneConfig(kind, 0.5, importance=importance, recover_steps=recover_steps, recover_lr=recover_lr)
         opts = ConvertOptions(
             model=model,
@@ -269,8 +321,6 @@ def prune_scan_cmd(
         )
         with err.status("starting") as status:
             scan = prune_scan(opts, config, values, log=lambda msg: (status.update(msg), err.log(msg)))
-    except EdgekitError as exc:
-        raise _usage_error(exc) from exc
     wide_console(200).print(Markdown((Path(out) / "scan.md").read_text()))
     err.print(f"scan: {Path(out) / 'scan.md'}, plot: {Path(out) / 'scan.png'}")
     failed = any(b["status"] == "failed" for p in scan["points"] for b in p["builds"])
@@ -318,12 +368,12 @@ def profile(
 
     from edgekit.profiling import profile_build
 
-    try:
+    with _guarded():
+        if out is not None:
+            check_result_file(out, "--out", (inputs,))
         result = profile_build(build, inputs, device, threads)
-    except EdgekitError as exc:
-        raise _usage_error(exc) from exc
-    if out:
-        out.write_text(json.dumps(result, indent=2))
+        if out is not None:
+            out.write_text(json.dumps(result, indent=2))
     lat = result["latency_ms"]
     kind = "emulated, compare builds only" if result["emulated"] else "measured"
     console = Console()
@@ -360,26 +410,25 @@ def diff_cmd(
     from edgekit import diff
 
     graph = original / "onnx" / "model.onnx" if original.is_dir() else original
-    try:
-        if not graph.is_file() or not (build / "build.json").is_file():
+    with _guarded():
+        for path, flag in ((out, "--out"), (plot, "--plot")):
+            if path is not None:
+                check_result_file(path, flag, (inputs, graph))
+        if not graph.is_file() or graph.suffix != ".onnx":
             raise EdgekitError(
-                f"need an ONNX graph and a build folder (got {graph}, {build})",
+                f"need the original's ONNX graph (got {graph})",
                 "pass the convert output folder (or its onnx/model.onnx) and one of its build folders",
             )
-        try:
-            with np.load(inputs, allow_pickle=False) as npz:
-                feed = {k: npz[k][sample : sample + 1] for k in npz.files if k != "labels"}
-        except (OSError, ValueError) as exc:
-            raise EdgekitError(f"cannot read --inputs {inputs}: {exc}", "give an .npz with the model's inputs") from exc
-        if not feed or any(len(v) == 0 for v in feed.values()):
+        load_model(str(graph))  # a damaged or foreign original is named before any work
+        manifest = read_build(build)
+        arrays = read_inputs(inputs, manifest["input_specs"])
+        if not 0 <= sample < len(next(iter(arrays.values()))):
             raise EdgekitError(f"--inputs {inputs} has no sample {sample}", "pick an existing --sample")
-        result = diff.layer_diff(graph, build, feed)
-    except EdgekitError as exc:
-        raise _usage_error(exc) from exc
-    if out:
-        out.write_text(json.dumps(result, indent=2))
-    if plot:
-        diff.plot(result, plot)
+        result = diff.layer_diff(graph, build, {k: v[sample : sample + 1] for k, v in arrays.items()})
+        if out:
+            out.write_text(json.dumps(result, indent=2))
+        if plot:
+            diff.plot(result, plot)
     console = wide_console(200)
     table = Table(title=f"{result['backend']} {result['precision']} vs original ({result['compared_through']})")
     for col in ("layer", "op", "params", "cosine", "max abs", "SNR dB", "jump dB"):
@@ -420,3 +469,7 @@ def targets() -> None:
             t.description,
         )
     wide_console(200).print(table)
+
+
+if __name__ == "__main__":
+    app()

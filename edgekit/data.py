@@ -9,9 +9,21 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import EdgekitError
+from edgekit.safety import file_or_folder
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 LABEL_KEYS = ("labels", "label", "y", "targets")
+INPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
+MAX_DIM = 1 << 24
+
+
+def check_input_shape(name: str, shape: tuple[int, ...], dtype: str) -> None:
+    """A model input shape must have positive dimensions and a numeric dtype edgekit can feed."""
+    label = f"--input-shape {name + ':' if name else ''}{'x'.join(map(str, shape))}:{dtype}"
+    if not shape or any(d < 1 or d > MAX_DIM for d in shape):
+        raise EdgekitError(f"{label}: every dimension must be ≥ 1", "write e.g. --input-shape input:1x3x224x224")
+    if dtype not in INPUT_DTYPES:
+        raise EdgekitError(f"{label}: unknown dtype '{dtype}'", f"use one of {', '.join(INPUT_DTYPES)}")
 
 
 @dataclass(frozen=True)
@@ -64,6 +76,7 @@ def load_dataset(path: Path, specs: list[TensorSpec] | None, preprocess: ImagePr
     path = Path(path)
     if not path.exists():
         raise _bad(path, "does not exist", "pass an existing .npz/.npy file or a folder of images")
+    file_or_folder(path, "data")
     if path.is_dir():
         return _load_image_folder(path, specs, preprocess or ImagePreprocess())
     try:
@@ -74,18 +87,58 @@ def load_dataset(path: Path, specs: list[TensorSpec] | None, preprocess: ImagePr
                 arrays = {k: npz[k] for k in npz.files}
         else:
             raise _bad(path, f"unsupported file type '{path.suffix}'", "use .npz, .npy or a folder of images")
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise _bad(path, f"cannot be read as numpy data ({exc})", "re-save it with numpy.savez") from exc
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, NotImplementedError, MemoryError) as exc:
+        raise _bad(path, f"cannot be read as numpy data ({str(exc)[:160]})", "re-save it with numpy.savez") from exc
     labels = next((arrays.pop(k) for k in LABEL_KEYS if k in arrays), None)
     if not arrays:
         raise _bad(path, "holds no input arrays", "save one array per model input, named after the input")
+    for name, arr in arrays.items():
+        _check_array(path, name, arr)
     inputs = _match_inputs(path, arrays, specs)
+    if labels is not None:
+        labels = _check_labels(path, labels)
     n = {len(v) for v in inputs.values()}
     if len(n) != 1 or 0 in n:
         raise _bad(path, f"inputs have different or zero sample counts {sorted(n)}", "give every input N samples")
     if labels is not None and len(labels) != n.pop():
         raise _bad(path, "labels and inputs have different lengths", "store one label per sample")
     return Dataset(inputs, labels, str(path))
+
+
+def _check_array(path: Path, name: str, arr: np.ndarray) -> None:
+    """A numeric array with a sample axis and finite values."""
+    label = f"array '{name}'" if name else "the array"
+    if arr.dtype.kind not in "biuf" or arr.ndim == 0:
+        raise _bad(
+            path, f"{label} has dtype {arr.dtype} and shape {arr.shape}", "store numeric arrays, samples on axis 0"
+        )
+    if arr.dtype.kind == "f":
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            raise _bad(
+                path,
+                f"{label} holds {bad} NaN/inf value(s)",
+                "remove or repair those samples; edgekit needs finite data",
+            )
+
+
+def _check_labels(path: Path, labels: np.ndarray) -> np.ndarray:
+    """Labels as a 1-D int64 array of class indices (one-hot, fractional or negative labels are refused)."""
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise _bad(
+            path,
+            f"labels have shape {labels.shape}; edgekit needs one class index per sample",
+            "store labels as class indices, e.g. labels=onehot.argmax(1)",
+        )
+    if labels.dtype.kind not in "biuf" or (
+        labels.dtype.kind == "f" and not (np.isfinite(labels).all() and np.all(labels == np.round(labels)))
+    ):
+        raise _bad(path, f"labels are not integer class indices (dtype {labels.dtype})", "store integer class indices")
+    if len(labels) and labels.min() < 0:
+        raise _bad(path, f"labels include {labels.min()}; class indices start at 0", "store class indices 0..C-1")
+    return labels.astype(np.int64)
 
 
 def _match_inputs(path: Path, arrays: dict[str, np.ndarray], specs: list[TensorSpec] | None) -> dict[str, np.ndarray]:
@@ -129,7 +182,7 @@ def _ten_crops(img, size: tuple[int, int]) -> list:
 def _load_image_folder(path: Path, specs: list[TensorSpec] | None, prep: ImagePreprocess) -> Dataset:
     from PIL import Image, UnidentifiedImageError
 
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise _bad(path, "contains no images (.jpg/.png/.bmp/.webp)", "point --calib at a folder of real images")
     if specs is None or len(specs) != 1 or len(specs[0].shape) != 4:
@@ -142,15 +195,20 @@ def _load_image_folder(path: Path, specs: list[TensorSpec] | None, prep: ImagePr
     channels_first = spec.shape[1] in (1, 3)
     c, h, w = spec.shape[1:] if channels_first else (spec.shape[3], *spec.shape[1:3])
     samples = []
+    if c not in (1, 3):
+        raise _bad(path, f"images have 1 or 3 channels, the model input {spec.shape} has {c}", "give the data as .npz")
     for f in files:
         try:
-            img = Image.open(f).convert("L" if c == 1 else "RGB")
-        except (UnidentifiedImageError, OSError) as exc:
-            raise _bad(f, "is not a readable image", "remove or replace the file") from exc
-        scale = max(h / img.height, w / img.width) * (256 / 224 if prep.ten_crop else 1.0)
-        img = img.resize(
-            (max(w, round(img.width * scale)), max(h, round(img.height * scale))), Image.Resampling.BILINEAR
-        )
+            with Image.open(f) as raw:
+                img = raw.convert("L" if c == 1 else "RGB")
+            scale = max(h / img.height, w / img.width) * (256 / 224 if prep.ten_crop else 1.0)
+            img = img.resize(
+                (max(w, round(img.width * scale)), max(h, round(img.height * scale))), Image.Resampling.BILINEAR
+            )
+        except Image.DecompressionBombError as exc:
+            raise _bad(f, f"is too large to decode safely ({exc})", "resize the image or remove it") from exc
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            raise _bad(f, f"is not a readable image ({str(exc)[:120]})", "remove or replace the file") from exc
         crops = _ten_crops(img, (h, w))[: 10 if prep.ten_crop else 1]
         for crop in crops:
             a = np.asarray(crop, dtype=np.float32).reshape(h, w, c)

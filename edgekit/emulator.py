@@ -3,8 +3,10 @@
 The image is assembled only from registry packages (Debian ``.deb``s fetched with a private APT
 configuration and unpacked with ``dpkg-deb -x``; aarch64 wheels from PyPI), without running target
 code, and cached under ``$EDGEKIT_CACHE`` (default ``~/.cache/edgekit``) in a folder keyed by a hash
-of its pinned contents. qemu 7.2 does not emulate ``/proc/cpuinfo`` or the MIDR sysfs entry, which
-onnxruntime and OpenVINO read, so the image carries ARM versions of both for the emulated CPU.
+of its pinned contents. ``dpkg-deb -x`` runs no maintainer scripts, so a merged-/usr suite (trixie)
+gets its ``/bin``, ``/lib`` and ``/sbin`` links here, as base-files would create them. qemu 7.2
+does not emulate ``/proc/cpuinfo`` or the MIDR sysfs entry, which onnxruntime and OpenVINO read, so
+the image carries ARM versions of both for the emulated CPU.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ ARM_CPUS = {
     "neoverse-n1": ("0xd0c", 3, 1, 8, V8_FEATURES),
 }
 COMPLETE = ".edgekit-image.json"
+MERGED_USR_DIRS = ("bin", "lib", "sbin")  # top-level folders that are links into usr/ on a merged-/usr system
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class DeviceImage:
     python_version: str = ""
     drop: tuple[str, ...] = ()  # files a device does not need (compiler libraries), removed after install
     links: tuple[tuple[str, str], ...] = ()  # symlinks that Debian's alternatives system would create
+    merged_usr: bool = False  # /bin, /lib, /sbin are links into /usr (Debian trixie and later)
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
@@ -112,6 +116,7 @@ ARMHF_ORT = DeviceImage(
     python="usr/bin/python3",
     debs=("python3", "python3-numpy", "python3-onnxruntime"),
     backends=("onnxruntime",),
+    merged_usr=True,
     links=(
         ("usr/lib/arm-linux-gnueabihf/libblas.so.3", "blas/libblas.so.3"),
         ("usr/lib/arm-linux-gnueabihf/liblapack.so.3", "lapack/liblapack.so.3"),
@@ -197,6 +202,29 @@ def _download_debs(image: DeviceImage, apt_root: Path) -> list[Path]:
     return sorted((apt_root / "var/cache/apt/archives").glob("*.deb"))
 
 
+def _merge_into(src: Path, dest: Path) -> None:
+    """Move the content of folder ``src`` into ``dest``, folder by folder; ``dest``'s own entries win."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for entry in src.iterdir():
+        target = dest / entry.name
+        if entry.is_dir() and not entry.is_symlink() and target.is_dir() and not target.is_symlink():
+            _merge_into(entry, target)
+        elif not target.exists() and not target.is_symlink():
+            entry.rename(target)
+    shutil.rmtree(src)
+
+
+def _merge_usr(fs: Path) -> None:
+    """Make ``/bin``, ``/lib`` and ``/sbin`` links into ``/usr``, moving anything unpacked there into ``/usr``."""
+    for name in MERGED_USR_DIRS:
+        top = fs / name
+        if top.is_dir() and not top.is_symlink():
+            _merge_into(top, fs / "usr" / name)
+        (fs / "usr" / name).mkdir(parents=True, exist_ok=True)
+        top.unlink(missing_ok=True)
+        top.symlink_to(f"usr/{name}")
+
+
 def _install_wheels(image: DeviceImage, root: Path, downloads: Path) -> None:
     if not image.wheels:
         return
@@ -262,6 +290,8 @@ def prepare(image: DeviceImage, log: Log = lambda msg: None) -> Path:
             fs.mkdir(parents=True)
             for deb in _download_debs(image, tmp / "apt"):
                 _run(["dpkg-deb", "-x", str(deb), str(fs)], f"unpacking {deb.name}", "re-run; the .deb may be damaged")
+            if image.merged_usr:
+                _merge_usr(fs)
             _install_wheels(image, fs, tmp / "wheels")
             for rel in image.drop:
                 (fs / rel).unlink(missing_ok=True)

@@ -18,8 +18,11 @@ class EdgekitError(Exception):
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:
-    """The first meaningful line of an exception, shortened for a report cell."""
+    """The first meaningful line of an exception, shortened for a report cell (keeping its end: the cause)."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     text = lines[-1] if lines and lines[0].startswith("Traceback") else (lines[0] if lines else "")
     text = f"{type(exc).__name__}: {text}" if not isinstance(exc, EdgekitError) else text
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    if len(text) <= limit:
+        return text
+    head = limit // 2
+    return f"{text[: head - 1]} … {text[-(limit - head - 2) :]}"

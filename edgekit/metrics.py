@@ -48,6 +48,7 @@ def compare(reference: list[np.ndarray], produced: list[np.ndarray], labels: np.
             }
         )
     result = dict(per_output[0])
+    result["non_finite_outputs"] = int(sum(np.size(o) - np.isfinite(o).sum() for o in produced if o.dtype.kind in "fc"))
     result["max_abs"] = max(o["max_abs"] for o in per_output)
     result["cosine"] = min(o["cosine"] for o in per_output)
     result["cosine_min"] = min(o["cosine_min"] for o in per_output)
@@ -62,3 +63,13 @@ def compare(reference: list[np.ndarray], produced: list[np.ndarray], labels: np.
                 "build": float((produced[0].argmax(1) == labels).mean()),
             }
     return result
+
+
+def finite_metrics(accuracy: dict) -> bool:
+    """Whether the build's outputs and every accuracy number are finite (NaN fails a row, never passes it)."""
+    numbers = [v for k, v in accuracy.items() if isinstance(v, float)]
+    numbers += [v for o in accuracy.get("per_output", []) for v in o.values()]
+    task = accuracy.get("task_metric")
+    if task:
+        numbers += [task["original"], task["build"]]
+    return accuracy.get("non_finite_outputs", 0) == 0 and all(np.isfinite(numbers))

@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -22,12 +21,21 @@ import numpy as np
 from edgekit import onnx_hub
 from edgekit.build_worker import job_to_json
 from edgekit.converters import BACKENDS, BuildContext
-from edgekit.data import Dataset, ImagePreprocess, TensorSpec, load_dataset, specs_from_dataset
+from edgekit.data import (
+    Dataset,
+    ImagePreprocess,
+    TensorSpec,
+    check_input_shape,
+    load_dataset,
+    specs_from_dataset,
+)
 from edgekit.errors import EdgekitError, one_line
-from edgekit.metrics import compare, latency_stats
+from edgekit.metrics import compare, finite_metrics, latency_stats
+from edgekit.procs import run as run_process
 from edgekit.prune import PruneConfig
 from edgekit.runners import Runner, RunnerError, RunSpec, get_runner, platform_limit
-from edgekit.source import SourceModel, load_model
+from edgekit.safety import Staging, check_output_folder, file_or_folder, regular_file
+from edgekit.source import MODEL_SUFFIXES, SourceModel, load_model
 from edgekit.target import PRECISIONS, Target, load_target
 
 ONNX_COSINE_FLOOR = 0.9999
@@ -69,13 +77,72 @@ class ConvertOptions:
     train: Path | None = None  # labelled data for pruning recovery (fine-tuning) and Taylor importance
     backend_options: dict[str, dict] = field(default_factory=dict)  # backend → overrides, e.g. hls4ml's config
     quant: onnx_hub.QuantConfig = field(default_factory=onnx_hub.QuantConfig)
+    trust_model: bool = False  # load model formats that can run code (TorchScript, pickled parts of .pt2)
+    hls_config: Path | None = None  # the file --hls-config was read from (an input --out must not replace)
+
+    def input_paths(self) -> list[Path]:
+        """Every file or folder this run reads: ``--out`` must never contain one of them."""
+        model = self.model.rpartition(":")[0] if ":" in self.model and not Path(self.model).exists() else self.model
+        paths = [self.calib, self.eval, self.weights, self.train, self.hls_config]
+        if model.endswith(".py") or Path(model).exists():
+            paths.append(Path(model))
+        if self.target.endswith(".toml"):
+            paths.append(Path(self.target))
+        return [Path(p) for p in paths if p is not None]
+
+    def validate(self) -> None:
+        """Refuse impossible settings before any work (one line naming the option and a fix)."""
+        counts = (("--runs", self.runs, 1), ("--warmup", self.warmup, 0), ("--threads", self.threads, 1))
+        counts += (("--calib-size", self.calib_size, 1), ("--eval-size", self.eval_size, 1))
+        for flag, value, low in counts:
+            if not isinstance(value, int) or value < low:
+                raise EdgekitError(f"{flag} {value} must be an integer ≥ {low}", f"pass {flag} {max(low, 1)} or more")
+        if not self.timeout_s > 0:
+            raise EdgekitError(f"timeout {self.timeout_s} s must be positive", "pass a time limit in seconds")
+        b = self.budgets
+        ranges = (
+            ("--min-top1-agreement", b.min_top1_agreement, 0.0, 1.0, "a fraction, e.g. 0.95"),
+            ("--min-cosine", b.min_cosine, -1.0, 1.0, "a cosine in [-1, 1], e.g. 0.99"),
+            ("--max-accuracy-drop", b.max_accuracy_drop, 0.0, 100.0, "points in [0, 100], e.g. 1"),
+            ("--max-latency-ms", b.max_latency_ms, 0.0, float("inf"), "a positive time in ms, e.g. 20"),
+        )
+        for flag, value, low, high, what in ranges:
+            if value is not None and not (low <= value <= high and (flag != "--max-latency-ms" or value > 0)):
+                raise EdgekitError(f"{flag} {value} is impossible", f"give {what}")
+        image = self.image
+        if len(image.mean) != 3 or len(image.std) != 3:
+            raise EdgekitError(
+                "--mean/--std need 1 or 3 values", "write e.g. --mean 127 --std 128 or --mean 124,116,104"
+            )
+        if not all(np.isfinite(image.mean)) or not all(np.isfinite(image.std)) or any(v == 0 for v in image.std):
+            raise EdgekitError(
+                f"--mean {list(image.mean)} / --std {list(image.std)} must be finite, --std non-zero",
+                "give pixel-unit values, e.g. --mean 127 --std 128",
+            )
+        for name, (shape, dtype) in (self.input_shapes or {}).items():
+            check_input_shape(name, shape, dtype)
+        if self.weights is not None and (":" not in self.model or Path(self.model).suffix.lower() in MODEL_SUFFIXES):
+            raise EdgekitError(
+                f"--weights is only used with module:callable models; '{self.model}' carries its own weights",
+                "drop --weights, or pass the architecture as module:callable",
+            )
+        for path, what in ((self.weights, "--weights"), (self.eval, "--eval"), (self.train, "--train")):
+            if path is not None:
+                regular_file(path, what)
+        if self.calib is not None:
+            file_or_folder(self.calib, "--calib")
 
 
 Log = Callable[[str], None]
 
 
 def convert(opts: ConvertOptions, log: Log = lambda msg: None) -> dict:
-    """Run the whole pipeline and return the report (also written to ``opts.out``)."""
+    """Run the whole pipeline and return the report (also written to ``opts.out``).
+
+    Every check of the user's input happens before any work; ``opts.out`` is replaced only if edgekit
+    wrote it (see :mod:`edgekit.safety`), and only once everything else is done.
+    """
+    opts.validate()
     target = load_target(opts.target)
     precisions = opts.precisions or target.default_precisions
     for p in precisions:
@@ -85,13 +152,20 @@ def convert(opts: ConvertOptions, log: Log = lambda msg: None) -> dict:
     for b in backends:
         if b not in BACKENDS:
             raise EdgekitError(f"unknown backend '{b}'", f"use one or more of {', '.join(BACKENDS)}")
-    if opts.runs < 1 or opts.warmup < 0:
-        raise EdgekitError("--runs must be ≥ 1 and --warmup ≥ 0", "pass sensible repetition counts")
+    out = check_output_folder(opts.out, opts.input_paths())
     runner = get_runner(opts.device or target.runner, target)
-    runner.prepare(log)
+    try:
+        runner.prepare(log)
+        return _convert_on(opts, target, precisions, backends, runner, out, log)
+    finally:
+        runner.close()
 
+
+def _convert_on(
+    opts: ConvertOptions, target: Target, precisions, backends, runner: Runner, out: Path, log: Log
+) -> dict:
     log(f"loading {opts.model}")
-    source = load_model(opts.model, opts.weights)
+    source = load_model(opts.model, opts.weights, trust=opts.trust_model)
     if opts.prune is not None and source.framework != "pytorch":
         raise EdgekitError(
             f"--prune needs a PyTorch nn.Module; '{opts.model}' is a {source.framework} model",
@@ -99,32 +173,18 @@ def convert(opts: ConvertOptions, log: Log = lambda msg: None) -> dict:
         )
     if opts.train is not None and opts.prune is None:
         raise EdgekitError("--train is only used by pruning recovery", "add --prune, or drop --train")
-    calib, evalset, specs = _data(opts, source)
+    calib, evalset, specs = _data(opts, source, log)
     train = None
     if opts.train is not None:
         train = load_dataset(opts.train, specs, opts.image)
         if train.labels is None:
             raise EdgekitError(f"--train '{opts.train}' has no 'labels' array", "add integer labels to the .npz")
-    out = Path(opts.out).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.edgekit-", dir=out.parent))
-    try:
-        report = _run(opts, target, precisions, backends, runner, source, (calib, evalset, train), specs, scratch, log)
-        publish(scratch / "out", out)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    with Staging(out) as staging:
+        scratch = staging.root
+        data = (calib, evalset, train)
+        report = _run(opts, target, precisions, backends, runner, source, data, specs, scratch, out, log)
+        staging.publish(scratch / "out")
     return report
-
-
-def publish(staged: Path, out: Path) -> None:
-    """Replace ``out`` with the staged folder in two renames."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-    staged.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _resolve_specs(opts: ConvertOptions, source: SourceModel) -> list[TensorSpec] | None:
@@ -148,7 +208,7 @@ def _resolve_specs(opts: ConvertOptions, source: SourceModel) -> list[TensorSpec
     return None
 
 
-def _data(opts: ConvertOptions, source: SourceModel) -> tuple[Dataset, Dataset, list[TensorSpec]]:
+def _data(opts: ConvertOptions, source: SourceModel, log: Log) -> tuple[Dataset, Dataset, list[TensorSpec]]:
     if opts.calib is None:
         raise EdgekitError("no calibration data given", "pass --calib with a .npz/.npy file or a folder of real images")
     specs = _resolve_specs(opts, source)
@@ -170,6 +230,12 @@ def _data(opts: ConvertOptions, source: SourceModel) -> tuple[Dataset, Dataset, 
         n_calib = min(opts.calib_size, len(data) // 2)
         calib = data.take(0, n_calib)
         evalset = data.take(n_calib, n_calib + opts.eval_size)
+    for what, ds in (("calibration", calib), ("held-out", evalset)):
+        for name, arr in ds.inputs.items():
+            if len(arr) > 1 and np.all(arr == arr[:1]):
+                log(f"warning: every {what} sample of input '{name}' is identical — is this real data?")
+            elif np.all(arr == 0):
+                log(f"warning: the {what} input '{name}' is all zeros — is this real data?")
     return calib, evalset, specs
 
 
@@ -215,12 +281,21 @@ def _measure_original(source: SourceModel, evalset: Dataset, opts: ConvertOption
             t0 = time.perf_counter_ns()
             run(feeds[i % len(feeds)])
             times.append((time.perf_counter_ns() - t0) / 1e6)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise EdgekitError(
             f"the original model fails on the given inputs ({one_line(exc, 200)})",
             "check --input-shape and the data's shape and dtype",
         ) from exc
+    if not outs[0]:
+        raise EdgekitError("the original model returns no tensor", "make the model return its output tensor(s)")
     reference = [np.concatenate([o[j] for o in outs]) for j in range(len(outs[0]))]
+    bad = [j for j, r in enumerate(reference) if np.issubdtype(r.dtype, np.inexact) and not np.isfinite(r).all()]
+    if bad:
+        raise EdgekitError(
+            f"the original model outputs NaN/inf on the held-out inputs (output {bad[0]})",
+            "check the model and the input preprocessing (--mean/--std, dtype); edgekit compares finite outputs",
+        )
+    _check_labels(evalset, reference)
     info = {
         "framework": source.framework,
         "location": source.location,
@@ -243,6 +318,7 @@ def _run(
     data: tuple[Dataset, Dataset, Dataset | None],
     specs: list[TensorSpec],
     scratch: Path,
+    out: Path,
     log: Log,
 ) -> dict:
     calib, evalset, train = data
@@ -357,8 +433,40 @@ def _run(
     }
     from edgekit.report import write_report
 
+    report = _final_paths(report, {str(staged): str(out), str(scratch): "(edgekit's work folder)"})
     write_report(report, staged)
     return report
+
+
+def _final_paths(value, mapping: dict[str, str]):
+    """``value`` with staging-folder paths in its strings replaced by the paths the user will see."""
+    if isinstance(value, str):
+        for old, new in mapping.items():
+            value = value.replace(old, new)
+        return value
+    if isinstance(value, dict):
+        return {k: _final_paths(v, mapping) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_final_paths(v, mapping) for v in value]
+    return value
+
+
+def _check_labels(evalset: Dataset, reference: list[np.ndarray]) -> None:
+    """Labels must be class indices of the model's class output."""
+    labels = evalset.labels
+    if labels is None or not len(labels):
+        return
+    if reference[0].ndim != 2 or reference[0].shape[1] < 2:
+        raise EdgekitError(
+            f"labels were given, but output 0 has shape {reference[0].shape}, not (samples, classes)",
+            "drop the labels array, or give a classifier whose first output is class scores",
+        )
+    classes = reference[0].shape[1]
+    if labels.min() < 0 or labels.max() >= classes:
+        raise EdgekitError(
+            f"labels range {int(labels.min())}..{int(labels.max())}, the model has {classes} classes",
+            f"store class indices 0..{classes - 1}",
+        )
 
 
 def _save_torch(source: SourceModel, scratch: Path) -> Path | None:
@@ -380,17 +488,19 @@ def _outputs(run: Callable, evalset: Dataset) -> list[np.ndarray]:
 
 
 def _complexity(source: SourceModel, specs: list[TensorSpec], calib: Dataset) -> dict:
-    """MACs and parameters of an nn.Module source (torch-pruning's counter); {} for other sources."""
-    if source.framework != "pytorch":
-        return {}
-    import torch
+    """MACs and parameters of the source, counted on every conv/matmul (see :mod:`edgekit.complexity`)."""
+    from edgekit.complexity import onnx_macs_params, torch_macs_params
 
-    from edgekit.prune import count_macs_params
-
-    example = tuple(torch.from_numpy(calib.inputs[s.name][:1]) for s in specs)
     try:
-        macs, params = count_macs_params(source.module, example)
-    except Exception:  # the counter traces the module; a model it cannot trace simply has no MACs column
+        if source.framework == "onnx":
+            macs, params = onnx_macs_params(source.onnx_path, {s.name: s.shape for s in specs})
+        else:
+            import torch
+
+            module = source.module.module() if source.framework == "torch.export" else source.module
+            example = tuple(torch.from_numpy(calib.inputs[s.name][:1]) for s in specs)
+            macs, params = torch_macs_params(module, example)
+    except Exception:  # a graph the counters cannot follow (control flow, dynamic shapes) has no MACs column
         return {}
     return {"macs": macs, "params": params}
 
@@ -458,7 +568,7 @@ def _check_onnx(path: Path, evalset: Dataset, reference: list[np.ndarray]) -> di
             f"the exported ONNX graph disagrees with the original: {exc}",
             "report the model to edgekit with the export log",
         ) from exc
-    if check["cosine_min"] < ONNX_COSINE_FLOOR:
+    if not (check["cosine_min"] >= ONNX_COSINE_FLOOR and finite_metrics(check)):
         raise EdgekitError(
             f"the exported ONNX graph differs from the original (cosine {check['cosine_min']:.5f}, "
             f"max abs {check['max_abs']:.3g})",
@@ -536,12 +646,7 @@ def _build_and_check(run: _BuildRun, backend: str, precision: str) -> dict:
     job.write_text(json.dumps(job_to_json(backend, ctx, run.calib_npz, opts.target)))
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "edgekit.build_worker", str(job)],
-            capture_output=True,
-            text=True,
-            timeout=opts.timeout_s,
-        )
+        proc = run_process([sys.executable, "-m", "edgekit.build_worker", str(job)], timeout=opts.timeout_s)
     except subprocess.TimeoutExpired:
         return unbuilt("failed", f"conversion timed out after {opts.timeout_s:.0f} s")
     row["build_s"] = round(time.perf_counter() - t0, 2)
@@ -576,6 +681,10 @@ def _build_and_check(run: _BuildRun, backend: str, precision: str) -> dict:
         row["accuracy"] = compare(run.reference, measured.outputs, run.evalset.labels)
     except (RunnerError, ValueError) as exc:
         row["reason"] = f"built, but the check failed: {one_line(exc)}"
+        return row
+    if not finite_metrics(row["accuracy"]):
+        bad = row["accuracy"].get("non_finite_outputs", 0)
+        row["reason"] = f"the build's outputs contain {bad} NaN/inf value(s); its accuracy cannot be trusted"
         return row
     info = measured.info
     row.update(
@@ -635,10 +744,11 @@ def _deflated_size(path: Path) -> int:
 
 
 def _check_budgets(row: dict, budgets: Budgets) -> dict:
+    """Budget violations of a checked row; a NaN metric never passes (every comparison is written to fail on NaN)."""
     acc, violations = row["accuracy"], []
-    if budgets.min_top1_agreement is not None and acc.get("top1_agreement", 1.0) < budgets.min_top1_agreement:
+    if budgets.min_top1_agreement is not None and not acc.get("top1_agreement", 1.0) >= budgets.min_top1_agreement:
         violations.append(f"top-1 agreement {acc['top1_agreement']:.3f} < {budgets.min_top1_agreement}")
-    if budgets.min_cosine is not None and acc["cosine"] < budgets.min_cosine:
+    if budgets.min_cosine is not None and not acc["cosine"] >= budgets.min_cosine:
         violations.append(f"cosine {acc['cosine']:.4f} < {budgets.min_cosine}")
     task = acc.get("task_metric")
     if budgets.max_accuracy_drop is not None:
@@ -647,9 +757,9 @@ def _check_budgets(row: dict, budgets: Budgets) -> dict:
             drop, what = (task["original"] - task["build"]) * 100, "accuracy"
         else:
             drop, what = (1.0 - acc.get("top1_agreement", acc["cosine"])) * 100, "agreement"
-        if drop > budgets.max_accuracy_drop:
+        if not drop <= budgets.max_accuracy_drop:
             violations.append(f"{what} drop {drop:.2f} pt > {budgets.max_accuracy_drop} pt")
-    if budgets.max_latency_ms is not None and row["latency_ms"]["p50"] > budgets.max_latency_ms:
+    if budgets.max_latency_ms is not None and not row["latency_ms"]["p50"] <= budgets.max_latency_ms:
         if row.get("latency_kind") == "emulated":
             violations.append("latency budget not checkable: emulated latency is not device latency")
         else:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgekit.complexity import torch_macs_params
 from edgekit.data import Dataset
 from edgekit.errors import EdgekitError
 
@@ -41,6 +42,15 @@ class PruneConfig:
             raise EdgekitError("--prune-round-to must be ≥ 1", "pass 1 for exact ratios, 4 or 8 for SIMD widths")
         if self.recover_steps < 0:
             raise EdgekitError("--recover-steps must be ≥ 0", "pass 0 to skip self-distillation")
+        for pattern in self.ignore:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise EdgekitError(
+                    f"--prune-ignore '{pattern}' is not a regular expression ({exc})", "fix it"
+                ) from None
+        if not 0.0 < self.recover_lr < 1e3:
+            raise EdgekitError(f"--recover-lr {self.recover_lr} is not a positive learning rate", "pass e.g. 1e-3")
 
     @classmethod
     def parse(cls, spec: str, **knobs) -> PruneConfig:
@@ -81,13 +91,9 @@ class PruneResult:
 
 
 def count_macs_params(module, example: tuple) -> tuple[int, int]:
-    """Multiply-accumulates of one forward pass and the parameter count (torch-pruning's counter)."""
-    import torch
-    import torch_pruning as tp
-
-    with torch.no_grad():
-        macs, params = tp.utils.count_ops_and_params(module, example)
-    return int(macs), int(params)
+    """Multiply-accumulates of one forward pass and the parameter count (``complexity.torch_macs_params``:
+    convolutions and matrix products as they run, so a pruned model's smaller layers count as they are)."""
+    return torch_macs_params(module, example)
 
 
 def _prunable(module) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 from abc import ABC, abstractmethod
@@ -13,11 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit import procs
 from edgekit.errors import EdgekitError
 from edgekit.runtime import runner_main
 from edgekit.target import Target
 
 RUNNER_SCRIPT = Path(runner_main.__file__)
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*|[0-9A-Fa-f:.]+")  # never an option to ssh (no leading '-')
 
 
 @dataclass
@@ -64,6 +67,9 @@ class Runner(ABC):
 
     def prepare(self, log=lambda msg: None) -> None:  # noqa: B027 — most devices need no preparation
         """Make the device ready (fail early, with a clear error, before anything is built)."""
+
+    def close(self) -> None:  # noqa: B027 — most devices hold nothing
+        """Release what ``prepare`` started (e.g. a device server edgekit launched)."""
 
     def repetitions(self, warmup: int, runs: int) -> tuple[int, int]:
         """Warm-up and timed runs this device affords."""
@@ -120,7 +126,7 @@ class HostRunner(Runner):
             *spec.args(),
         ]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=spec.timeout)
+            proc = procs.run(cmd, timeout=spec.timeout)
         except subprocess.TimeoutExpired as exc:
             raise RunnerError(f"runner timed out after {spec.timeout:.0f} s") from exc
         if proc.returncode != 0:
@@ -216,7 +222,7 @@ class EmulatedRunner(Runner):
             *spec.args(),
         ]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=spec.timeout, env=env)
+            proc = procs.run(cmd, timeout=spec.timeout, env=env)
         except subprocess.TimeoutExpired as exc:
             raise RunnerError(f"emulated runner timed out after {spec.timeout:.0f} s") from exc
         if proc.returncode != 0:
@@ -256,8 +262,20 @@ class SshRunner(Runner):
             raise EdgekitError(f"device '{url}' is not ssh://user@host[:port]", "write e.g. ssh://pi@192.0.2.7:22")
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         self.url = url
-        self.host, self.port = parts.hostname, str(parts.port or 22)
+        try:
+            port = parts.port or 22
+        except ValueError:
+            port = 0
+        self.host, self.port = parts.hostname, str(port)
         self.user = parts.username or os.environ.get("USER", "root")
+        for what, value in (("user", self.user), ("host", self.host)):
+            if not SAFE_NAME.fullmatch(value):
+                raise EdgekitError(
+                    f"device '{url}': {what} '{value}' is not a plain name or address",
+                    "use letters, digits, '.', '_' and '-' (not first); IPv6 in [brackets]",
+                )
+        if not 0 < port < 65536:
+            raise EdgekitError(f"device '{url}': invalid port", "write e.g. ssh://pi@192.0.2.7:22")
         self.python = query.get("python", "python3")
         self.options = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=10"]
         if "known_hosts" in query:
@@ -277,15 +295,15 @@ class SshRunner(Runner):
         return f"ssh board {self.user}@{self.host}:{self.port} ({self.arch}, Python {self.facts.get('python', '?')})"
 
     def _ssh(self, command: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        cmd = ["ssh", "-p", self.port, *self.options, f"{self.user}@{self.host}", command]
+        cmd = ["ssh", "-p", self.port, *self.options, "--", f"{self.user}@{self.host}", command]
         try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+            return procs.run(cmd, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
             raise RunnerError(f"ssh command on {self.host} timed out after {timeout:.0f} s") from exc
 
     def _scp(self, sources: list[str], dest: str) -> None:
-        cmd = ["scp", "-q", "-r", "-P", self.port, *self.options, *sources, dest]
-        proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        cmd = ["scp", "-q", "-r", "-P", self.port, *self.options, "--", *sources, dest]
+        proc = procs.run(cmd)
         if proc.returncode != 0:
             raise RunnerError(f"copy to/from {self.host} failed: {_failure(proc)}")
 

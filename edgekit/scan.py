@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 from edgekit.errors import EdgekitError
-from edgekit.pipeline import ConvertOptions, Log, convert, publish
+from edgekit.pipeline import ConvertOptions, Log, convert
 from edgekit.prune import PruneConfig
+from edgekit.safety import Staging, check_output_folder
 from edgekit.source import load_model
 
 
@@ -18,16 +17,17 @@ def prune_scan(opts: ConvertOptions, prune: PruneConfig, ratios: tuple[float, ..
     """Run ``convert`` unpruned and at every ratio (same data, device and builds); write scan.json/.md/.png."""
     if not ratios or any(not 0.0 < r < 1.0 for r in ratios):
         raise EdgekitError(f"--ratios {list(ratios)} must be fractions in (0, 1)", "write e.g. --ratios 0.2,0.3,0.5")
-    framework = load_model(opts.model, opts.weights).framework
+    opts.validate()
+    out = check_output_folder(opts.out, opts.input_paths())
+    framework = load_model(opts.model, opts.weights, trust=opts.trust_model).framework
     if framework != "pytorch":
         raise EdgekitError(
             f"prune-scan needs a PyTorch nn.Module; '{opts.model}' is a {framework} model",
             "pass the architecture as module:callable (or file.py:callable) with --weights",
         )
-    out = Path(opts.out).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.edgekit-scan-", dir=out.parent))
-    try:
+    with Staging(out) as staging:
+        staged = staging.root / "out"
+        staged.mkdir()
         points = []
         for ratio in (0.0, *sorted(set(ratios))):
             name = f"ratio_{ratio:.2f}"
@@ -45,9 +45,7 @@ def prune_scan(opts: ConvertOptions, prune: PruneConfig, ratios: tuple[float, ..
         (staged / "scan.json").write_text(json.dumps(scan, indent=2))
         (staged / "scan.md").write_text(markdown(scan))
         plot(scan, staged / "scan.png")
-        publish(staged, out)
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
+        staging.publish(staged)
     return scan
 
 

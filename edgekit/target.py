@@ -8,6 +8,7 @@ from importlib import resources
 from pathlib import Path
 
 from edgekit.errors import EdgekitError
+from edgekit.safety import regular_file
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -59,25 +60,54 @@ def load_target(name_or_path: str) -> Target:
             f"unknown target '{name_or_path}'",
             f"use one of: {', '.join(sorted(files))} (see `edgekit targets`), or a path to a target .toml",
         )
+    regular_file(path, "target file")
     try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise EdgekitError(f"target file {path} is not valid TOML ({exc})", "fix the syntax") from exc
+    return _target_from(path, data)
+
+
+def _field(path: Path, data: dict, key: str, kind: type, default=None):
+    """``data[key]`` checked against ``kind`` (str, or a list of str); a missing required key is named."""
+    if key not in data:
+        if default is None:
+            raise EdgekitError(f"target file {path} has no '{key}'", f"add {key} = … (see targets/arm64.toml)")
+        return default
+    value = data[key]
+    ok = isinstance(value, str) if kind is str else isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if not ok:
+        what = "a string" if kind is str else "a list of strings"
+        raise EdgekitError(f"target file {path}: '{key}' must be {what}, not {value!r}"[:300], f"fix '{key}'")
+    return tuple(value) if kind is list else value
+
+
+def _target_from(path: Path, data: dict) -> Target:
+    from edgekit.converters import BACKENDS
+
     precision = data.get("default_precision", "fp32")
     defaults = tuple(precision) if isinstance(precision, list) else (precision,)
     if not defaults or any(p not in PRECISIONS for p in defaults):
         raise EdgekitError(f"target {path}: default_precision {precision!r}", f"use one or more of {PRECISIONS}")
+    backends = _field(path, data, "backends", list)
+    unknown = [b for b in backends if b not in BACKENDS]
+    if not backends or unknown:
+        raise EdgekitError(
+            f"target file {path}: backends {list(backends)} "
+            + (f"include unknown {unknown}" if unknown else "is empty"),
+            f"use some of {', '.join(BACKENDS)}",
+        )
     return Target(
-        name=data.get("name", path.stem),
-        description=data.get("description", ""),
-        triple=data["triple"],
-        arch=data["arch"],
-        cpu=data.get("cpu", ""),
-        mattr=tuple(data.get("mattr", ())),
-        backends=tuple(data["backends"]),
+        name=_field(path, data, "name", str, path.stem),
+        description=_field(path, data, "description", str, ""),
+        triple=_field(path, data, "triple", str),
+        arch=_field(path, data, "arch", str),
+        cpu=_field(path, data, "cpu", str, ""),
+        mattr=_field(path, data, "mattr", list, ()),
+        backends=backends,
         default_precisions=defaults,
-        runner=data.get("runner", "host"),
-        cross_compiler=data.get("cross_compiler", ""),
-        platform=data.get("platform", "linux"),
+        runner=_field(path, data, "runner", str, "host"),
+        cross_compiler=_field(path, data, "cross_compiler", str, ""),
+        platform=_field(path, data, "platform", str, "linux"),
         extra={k: v for k, v in data.items() if isinstance(v, dict)},  # per-backend tables: [tvm], [fpga], …
     )

@@ -98,3 +98,33 @@ def test_unknown_target(tmp_path):
     bad.write_text("name = ")
     with pytest.raises(EdgekitError, match="not valid TOML"):
         load_target(str(bad))
+
+
+def test_merged_usr_links_keep_what_packages_unpacked_in_lib(tmp_path):
+    from edgekit.emulator import ARMHF_ORT, ARMHF_TFLITE, _merge_usr
+
+    assert ARMHF_ORT.merged_usr and not ARMHF_TFLITE.merged_usr  # only trixie is merged-/usr
+    (tmp_path / "lib/arm-linux-gnueabihf").mkdir(parents=True)
+    (tmp_path / "lib/arm-linux-gnueabihf/libold.so.1").write_text("old")
+    (tmp_path / "usr/lib/arm-linux-gnueabihf").mkdir(parents=True)
+    (tmp_path / "usr/lib/arm-linux-gnueabihf/libnew.so.1").write_text("new")
+    _merge_usr(tmp_path)
+    for name in ("bin", "lib", "sbin"):
+        assert (tmp_path / name).is_symlink() and str((tmp_path / name).readlink()) == f"usr/{name}"
+    assert sorted(p.name for p in (tmp_path / "lib/arm-linux-gnueabihf").iterdir()) == ["libnew.so.1", "libold.so.1"]
+
+
+def test_a_nan_metric_fails_its_row_and_every_budget():
+    from edgekit.metrics import finite_metrics
+    from edgekit.pipeline import Budgets, _check_budgets
+
+    reference = [np.eye(4, dtype=np.float32)]
+    produced = [np.eye(4, dtype=np.float32)]
+    produced[0][1, 1] = np.nan
+    acc = compare(reference, produced)
+    assert acc["non_finite_outputs"] == 1 and not finite_metrics(acc)
+    assert finite_metrics(compare(reference, reference))
+    row = {"accuracy": {"cosine": float("nan"), "top1_agreement": float("nan")}, "latency_ms": {"p50": float("nan")}}
+    budgets = Budgets(min_top1_agreement=0.5, min_cosine=0.9, max_accuracy_drop=1.0, max_latency_ms=10.0)
+    verdict = _check_budgets(row, budgets)
+    assert not verdict["passed"] and len(verdict["violations"]) == 4
