@@ -338,17 +338,15 @@ def device(
     if action != "prepare":
         raise _usage_error(EdgekitError(f"unknown action '{action}'", "use `edgekit device prepare`"))
     failed = 0
-    try:
+    with _guarded():
         images = emulator.images_for(load_target(target).arch)
-    except EdgekitError as exc:
-        raise _usage_error(exc) from exc
-    for image in images:
-        try:
-            root = emulator.prepare(image, log=err.log)
-            Console().print(f"emulated {image.name} userland ready ({', '.join(image.backends)}): {root}")
-        except EdgekitError as exc:
-            _print_error(exc)
-            failed += 1
+        for image in images:
+            try:
+                root = emulator.prepare(image, log=err.log)
+                Console().print(f"emulated {image.name} userland ready ({', '.join(image.backends)}): {root}")
+            except EdgekitError as exc:
+                _print_error(exc)
+                failed += 1
     raise typer.Exit(1 if failed else 0)
 
 
@@ -416,9 +414,13 @@ def diff_cmd(
                 check_result_file(path, flag, (inputs, graph))
         if not graph.is_file() or graph.suffix != ".onnx":
             raise EdgekitError(
-                f"need the original's ONNX graph (got {graph})",
+                f"need an ONNX graph and a build folder (got {graph}, {build})",
                 "pass the convert output folder (or its onnx/model.onnx) and one of its build folders",
             )
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # a damaged manifest is named below
+            backend = json.loads((build / "build.json").read_text()).get("backend")
+            if isinstance(backend, str) and backend not in diff.SUPPORTED:
+                raise diff.unsupported(backend)
         load_model(str(graph))  # a damaged or foreign original is named before any work
         manifest = read_build(build)
         arrays = read_inputs(inputs, manifest["input_specs"])

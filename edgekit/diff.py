@@ -16,6 +16,8 @@ import numpy as np
 
 from edgekit.errors import EdgekitError
 
+SUPPORTED = ("onnxruntime", "openvino", "tvm")
+
 JUMP_DB = 6.0  # a layer whose output SNR is this much below its inputs' is where the error "jumps"
 INPUT_SNR_DB = 40.0  # what layers fed by the model inputs are measured against (≈ an 8-bit quantized input)
 
@@ -102,7 +104,12 @@ def _build_tensors(build_dir: Path, manifest: dict, feed: dict, wanted: set[str]
         return onnx_intermediates(graph, feed), f"ONNX graph {graph.name} (what {backend} was built from)"
     if backend == "openvino":
         return openvino_intermediates(build_dir / manifest["artifacts"]["model"], feed, wanted), "OpenVINO runtime"
-    raise EdgekitError(
+    raise unsupported(backend)
+
+
+def unsupported(backend: str) -> EdgekitError:
+    """Why ``diff`` cannot compare a ``backend`` build layer by layer, and what to use instead."""
+    return EdgekitError(
         f"diff cannot match {backend} tensors to the original's (the converter renames them)",
         "for TFLite run onnx2tf with -cotof (its per-op ONNX-vs-TF check); diff supports onnxruntime/openvino/tvm",
     )

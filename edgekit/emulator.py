@@ -16,12 +16,12 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from edgekit import procs
 from edgekit.errors import EdgekitError
 
 V8_FEATURES = "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp"
@@ -157,12 +157,12 @@ def qemu_binary(image: DeviceImage) -> str:
 
 
 def qemu_version(image: DeviceImage) -> str:
-    out = subprocess.run([qemu_binary(image), "--version"], capture_output=True, text=True).stdout
+    out = procs.run([qemu_binary(image), "--version"], timeout=60).stdout
     return out.split("version")[1].split()[0] if "version" in out else "?"
 
 
 def _run(cmd: list[str], what: str, fix: str) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = procs.run(cmd)
     if proc.returncode != 0:
         lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
         cause = next(

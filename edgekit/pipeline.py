@@ -7,6 +7,7 @@ the end, so a run that stops on bad input leaves nothing half-written.
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import shutil
 import subprocess
@@ -95,7 +96,7 @@ class ConvertOptions:
         counts = (("--runs", self.runs, 1), ("--warmup", self.warmup, 0), ("--threads", self.threads, 1))
         counts += (("--calib-size", self.calib_size, 1), ("--eval-size", self.eval_size, 1))
         for flag, value, low in counts:
-            if not isinstance(value, int) or value < low:
+            if not isinstance(value, numbers.Integral) or value < low:
                 raise EdgekitError(f"{flag} {value} must be an integer ≥ {low}", f"pass {flag} {max(low, 1)} or more")
         if not self.timeout_s > 0:
             raise EdgekitError(f"timeout {self.timeout_s} s must be positive", "pass a time limit in seconds")
@@ -164,6 +165,7 @@ def convert(opts: ConvertOptions, log: Log = lambda msg: None) -> dict:
 def _convert_on(
     opts: ConvertOptions, target: Target, precisions, backends, runner: Runner, out: Path, log: Log
 ) -> dict:
+    """Load, check the data, then build and check everything in a staging folder published at the end."""
     log(f"loading {opts.model}")
     source = load_model(opts.model, opts.weights, trust=opts.trust_model)
     if opts.prune is not None and source.framework != "pytorch":

@@ -135,6 +135,9 @@ def test_adb_parsing_and_commands():
 
 @pytest.mark.skipif(shutil.which("adb") is None, reason="Debian's adb is installed by .ci/setup")
 def test_adb_without_a_phone_is_a_clear_error(cnn_case, tmp_path):
+    from edgekit.adb import _server_running
+
+    server_before = _server_running()
     result = CliRunner().invoke(
         app,
         [
@@ -143,6 +146,7 @@ def test_adb_without_a_phone_is_a_clear_error(cnn_case, tmp_path):
         ],
     )
     assert result.exit_code == 2 and "no Android phone attached" in result.output
+    assert _server_running() == server_before  # an adb server edgekit started is stopped again
     assert not (tmp_path / "o").exists()
 
 
