@@ -146,6 +146,11 @@ class Staging:
 
     def publish(self, staged: Path) -> None:
         """Replace ``out`` (absent, empty, or an earlier edgekit output) with ``staged`` in two renames."""
+        if self.out.is_dir() and any(self.out.iterdir()) and not (self.out / MARKER).is_file():
+            raise EdgekitError(
+                f"--out '{self.out}' received files edgekit did not write while it ran; nothing was replaced",
+                "run again with a new --out folder",
+            )
         (staged / MARKER).write_text("This folder was written by edgekit; edgekit may replace it.\n")
         old = None
         if self.out.exists():

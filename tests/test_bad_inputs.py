@@ -630,3 +630,19 @@ def test_a_stale_staging_folder_is_removed_by_the_next_run(tmp_path, cnn_case):
     with Staging(tmp_path / "out") as staging:
         assert staging.root.name.startswith(f".out.edgekit-{os.getpid()}-")
     assert not stale.exists() and live.exists()
+
+
+def test_files_put_into_out_during_the_run_are_never_replaced(tmp_path):
+    """--out was free when the run started; the user filled it meanwhile: publishing refuses, their file stays."""
+    from edgekit.errors import EdgekitError
+    from edgekit.safety import Staging
+
+    out = tmp_path / "out"
+    with Staging(out) as staging:
+        staged = staging.root / "out"
+        staged.mkdir()
+        out.mkdir()
+        (out / "mine.txt").write_text("keep")
+        with pytest.raises(EdgekitError, match="did not write"):
+            staging.publish(staged)
+    assert (out / "mine.txt").read_text() == "keep" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
