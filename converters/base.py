@@ -34,6 +34,7 @@ class BuildContext:
     work_dir: Path
     float_nodes: tuple[str, ...] = ()  # ONNX node names to keep in float in int8 builds (accuracy fallback)
     torch_model: Path | None = None  # the (pruned) PyTorch model, pickled, for backends that convert from PyTorch
+    tf_model: Path | None = None  # a TensorFlow source as a SavedModel folder or .tflite (TFLite builds it natively)
     options: dict = field(default_factory=dict)  # this backend's user overrides (e.g. hls4ml per-layer config)
     quant: QuantConfig = field(default_factory=QuantConfig)
     int8_mode: str = "static"  # static (calibrated activations) | dynamic (activations quantized per inference)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -37,6 +38,10 @@ class TfliteConverter(Converter):
 
     def build(self, ctx: BuildContext) -> BuildResult:
         self.check_precision(ctx.precision)
+        if ctx.tf_model is not None:
+            native = self._build_native(ctx)
+            if native is not None:
+                return native
         work = ctx.work_dir / "onnx2tf"
         work.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "onnx2tf", "-i", str(ctx.onnx_fp32), "-o", "out", "-n"]
@@ -92,6 +97,34 @@ class TfliteConverter(Converter):
         write_manifest(ctx, result, inputs, outputs)
         return result
 
+    def _build_native(self, ctx: BuildContext) -> BuildResult | None:
+        """TensorFlow sources: TFLite's own converter on the SavedModel, or the source flatbuffer itself.
+
+        None when the source is a float ``.tflite`` asked for fp16/int8: that goes through ONNX (onnx2tf).
+        """
+        from edgekit.tf_source import tflite_is_quantized
+
+        dst = ctx.out_dir / f"model_{ctx.precision}.tflite"
+        source = ctx.tf_model
+        if source.suffix == ".tflite":
+            quantized = tflite_is_quantized(source)
+            if not quantized and ctx.precision != "fp32":
+                return None
+            shutil.copyfile(source, dst)
+            precision = "int8" if quantized else "fp32"
+            notes = ["the source .tflite itself, unchanged (no round trip through ONNX)"]
+            if quantized and ctx.precision != "int8":
+                notes.append(f"asked for {ctx.precision}: the source is already quantized to int8; shipped as is")
+            quant = "as quantized by the source's author" if quantized else ""
+        else:
+            precision, notes = ctx.precision, ["TFLiteConverter on the TensorFlow source (no round trip through ONNX)"]
+            quant = _convert_saved_model(ctx, source, dst)
+        perms = {s.name: channels_last_perm(s.shape) for s in ctx.inputs}
+        inputs, outputs = self._map_io(ctx, dst, perms)
+        result = BuildResult(self.name, precision, {"model": dst.name}, notes=notes, quantization=quant)
+        write_manifest(ctx, result, inputs, outputs)
+        return result
+
     @staticmethod
     def _map_io(ctx: BuildContext, model_path, perms: dict) -> tuple[list[dict], list[dict]]:
         """Match ONNX inputs/outputs to TFLite tensors (names, shapes, then values on a real sample)."""
@@ -112,11 +145,14 @@ class TfliteConverter(Converter):
             )
             if tuple(details[idx]["shape"]) != want and tuple(details[idx]["shape"]) == spec.shape:
                 perm = None
-            inputs.append({"name": spec.name, "index": idx, "perm": perm})
+            raw = np.dtype(spec.dtype).kind in "iu" and np.dtype(details[idx]["dtype"]) == np.dtype(spec.dtype)
+            inputs.append({"name": spec.name, "index": idx, "perm": perm, "raw": raw})
         feed = ctx.calib.sample(0)
         reference = ort.InferenceSession(str(ctx.onnx_fp32), providers=["CPUExecutionProvider"]).run(None, feed)
         out_details = interp.get_output_details()
-        candidates = [{"index": i} for i in range(len(out_details))]
+        integer_outputs = {np.dtype(s.dtype) for s in ctx.outputs if np.dtype(s.dtype).kind in "iu"}
+        raw = [np.dtype(d["dtype"]) in integer_outputs for d in out_details]  # the source's own int8 outputs
+        candidates = [{"index": i, "raw": raw[i]} for i in range(len(out_details))]
         probe, _ = load_tflite(
             model_path.parent, {"artifacts": {"model": model_path.name}, "inputs": inputs, "outputs": candidates}, 1
         )
@@ -138,7 +174,7 @@ class TfliteConverter(Converter):
             if best is None:
                 raise RuntimeError(f"no TFLite output matches ONNX output '{spec.name}' of shape {ref.shape}")
             used.add(best[1])
-            outputs.append({"name": spec.name, "index": best[1], "perm": best[2]})
+            outputs.append({"name": spec.name, "index": best[1], "perm": best[2], "raw": raw[best[1]]})
         return inputs, outputs
 
 
@@ -147,3 +183,37 @@ def _onnx2tf_error(log: str) -> str:
     errors = [ln for ln in lines if re.search(r"error|exception|not supported|unsupported", ln, re.I) and ln]
     text = errors[-1] if errors else (lines[-1] if lines else "no output")
     return text[:300]
+
+
+def _convert_saved_model(ctx: BuildContext, saved_model, dst) -> str:
+    """TFLiteConverter on a SavedModel: fp32, fp16 weights, dynamic-range or full-integer int8 (float I/O)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    quant = ""
+    if ctx.precision == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+        quant = "fp16 weights, fp32 compute where the delegate lacks fp16"
+    elif ctx.precision == "int8" and ctx.int8_mode == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        quant = "dynamic-range int8: int8 weights, activations quantized per inference"
+    elif ctx.precision == "int8":
+        names = [spec.name for spec in ctx.inputs]
+
+        def samples():
+            for i in range(len(ctx.calib)):
+                yield {n: ctx.calib.inputs[n][i : i + 1] for n in names}
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = samples
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter._experimental_disable_per_channel = not ctx.quant.per_channel
+        weights = "per-channel" if ctx.quant.per_channel else "per-tensor"
+        quant = (
+            f"full-integer int8 compute (float32 inputs/outputs), {weights} weights, min/max calibration on "
+            f"{len(ctx.calib)} samples (TFLiteConverter)"
+        )
+    dst.write_bytes(converter.convert())
+    return quant

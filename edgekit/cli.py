@@ -451,6 +451,52 @@ def diff_cmd(
         console.print(f"no layer loses ≥ {result['jump_threshold_db']} dB on its own")
 
 
+@app.command("inspect")
+def inspect_cmd(
+    model: Annotated[str, typer.Argument(help="the model, as for convert")],
+    target: Annotated[str, typer.Option(help="target name or .toml path: its backends are checked")] = "host",
+    input_shape: Annotated[list[str] | None, typer.Option(help="[NAME:]1x3x224x224[:dtype], repeatable")] = None,
+    weights: Annotated[Path | None, typer.Option(help="state dict for module:callable (weights_only)")] = None,
+    trust_model: Annotated[bool, typer.Option(help="load formats that can run code (trusted files only)")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the findings as JSON")] = False,
+) -> None:
+    """Before converting: inputs/outputs, dynamic dimensions, MACs, and what each backend cannot do (exit 1 if
+    convert would fail)."""
+    from rich.table import Table
+
+    from edgekit.inspect import inspect_model
+
+    with _guarded():
+        shapes = parse_input_shapes(input_shape or [])
+        result = inspect_model(model, target, shapes or None, weights, trust_model)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        raise typer.Exit(1 if result["would_fail"] else 0)
+    console = wide_console(200)
+    table = Table(title=f"{result['model']} ({result['framework']}) for {result['target']}")
+    for col in ("", "name", "shape", "dtype"):
+        table.add_column(col)
+    declared = {i["name"]: i["shape"] for i in result["declared_inputs"]}
+    for kind, rows in (("input", result["inputs"]), ("output", result["outputs"])):
+        for row in rows:
+            shape = "x".join(map(str, row["shape"]))
+            if kind == "input" and declared.get(row["name"], row["shape"]) != row["shape"]:
+                shape += f" (declared {declared[row['name']]})"
+            table.add_row(kind, row["name"], shape, row["dtype"])
+    console.print(table)
+    macs = "?" if result["macs"] is None else f"{result['macs'] / 1e6:.2f} M"
+    params = "?" if result["params"] is None else f"{result['params'] / 1e6:.3f} M"
+    ops = ", ".join(f"{op} {n}" for op, n in list(result["ops"].items())[:12])
+    console.print(f"MACs {macs}, parameters {params}; operators: {ops}")
+    colour = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+    for f in result["findings"]:
+        where = f"{f['backend']}: " if f["backend"] else ""
+        console.print(f"[{colour[f['severity']]}]{f['severity']}[/] {where}{f['problem']} — fix: {f['fix']}")
+    verdict = "convert would fail (see the errors above)" if result["would_fail"] else "no blocking problem found"
+    console.print(f"{'[bold red]' if result['would_fail'] else '[green]'}{verdict}[/]")
+    raise typer.Exit(1 if result["would_fail"] else 0)
+
+
 @app.command()
 def targets() -> None:
     """List the targets edgekit ships."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.data import Dataset, TensorSpec
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, one_line
 from edgekit.source import SourceModel
 
 OPSET = 18
@@ -27,6 +27,8 @@ def export_onnx(source: SourceModel, specs: list[TensorSpec], out: Path) -> Path
         model = onnx.load(str(source.onnx_path))
         if any(-1 in s.shape for s in source.input_specs or []):
             model = _fix_input_shapes(model, specs)
+    elif source.is_tf:
+        model = _tf_to_onnx(source, specs)
     else:
         model = _torch_to_onnx(source, specs)
     try:
@@ -52,6 +54,24 @@ def _fix_input_shapes(model, specs: list[TensorSpec]):
         value.type.tensor_type.ClearField("shape")
     del model.graph.value_info[:]
     return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+
+
+def _tf_to_onnx(source: SourceModel, specs: list[TensorSpec]):
+    """tf2onnx; the graph's inputs keep the source's names and layout, with static shapes."""
+    from edgekit.tf_source import to_onnx
+
+    try:
+        model = to_onnx(source.framework, source.module, source.location, specs, OPSET)
+    except EdgekitError:
+        raise
+    except Exception as exc:
+        raise EdgekitError(
+            f"tf2onnx cannot convert this {source.framework} model ({one_line(exc, 240)})",
+            "report the model to edgekit; meanwhile export it to ONNX yourself and pass the .onnx",
+        ) from exc
+    if source.framework == "tflite":  # tf2onnx keeps the flatbuffer's (possibly dynamic) input shapes
+        return _fix_input_shapes(model, specs) if any(-1 in s.shape for s in source.input_specs or []) else model
+    return _rename_outputs(model)
 
 
 def _torch_to_onnx(source: SourceModel, specs: list[TensorSpec]):

@@ -6,6 +6,8 @@ the end, so a run that stops on bad input leaves nothing half-written.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import numbers
 import os
@@ -171,7 +173,9 @@ def _convert_on(
     if opts.prune is not None and source.framework != "pytorch":
         raise EdgekitError(
             f"--prune needs a PyTorch nn.Module; '{opts.model}' is a {source.framework} model",
-            "pass the architecture as module:callable (or file.py:callable) with --weights",
+            "prune TensorFlow models with the TensorFlow Model Optimization Toolkit before converting"
+            if source.is_tf
+            else "pass the architecture as module:callable (or file.py:callable) with --weights",
         )
     if opts.train is not None and opts.prune is None:
         raise EdgekitError("--train is only used by pruning recovery", "add --prune, or drop --train")
@@ -343,6 +347,9 @@ def _run(
     log("exporting to ONNX and checking it against the " + ("pruned model" if pruning else "original"))
     onnx_fp32 = onnx_hub.export_onnx(exported, specs, staged / "onnx" / "model.onnx")
     out_specs = onnx_hub.onnx_output_specs(onnx_fp32)
+    if not complexity:  # sources the framework counters cannot follow are counted on the exported graph
+        complexity = _onnx_complexity(onnx_fp32, specs)
+        original.update(complexity)
     onnx_check = _check_onnx(onnx_fp32, evalset, exported_reference)
 
     onnx_qdq, qdq_error, fallback = None, None, None
@@ -392,6 +399,7 @@ def _run(
         complexity,
         _save_torch(exported, scratch) if set(backends) & {"coreml", "hls4ml"} else None,
         mode,
+        _save_tf(source, scratch) if "tflite" in backends and source.is_tf else None,
     )
     builds = []
     for precision in precisions:
@@ -408,6 +416,7 @@ def _run(
         "model": {
             "inputs": [s.to_json() for s in specs],
             "outputs": [s.to_json() for s in out_specs],
+            "layout": _layout(source, specs),
             **complexity,
         },
         "data": {
@@ -471,6 +480,35 @@ def _check_labels(evalset: Dataset, reference: list[np.ndarray]) -> None:
         )
 
 
+def _save_tf(source: SourceModel, scratch: Path) -> Path:
+    """A TensorFlow source as TFLite's converter takes it: a SavedModel folder (Keras is exported), or the .tflite."""
+    if source.framework != "keras":
+        return Path(source.location).resolve()
+    path = scratch / "saved_model"
+    with contextlib.redirect_stdout(io.StringIO()):
+        source.module.export(str(path))
+    return path
+
+
+def _layout(source: SourceModel, specs: list[TensorSpec]) -> str:
+    """Image layout of the inputs as the source defines them (kept through ONNX; TFLite builds are NHWC)."""
+    images = [s for s in specs if len(s.shape) == 4]
+    if not images:
+        return "no image inputs"
+    channels_last = all(s.shape[3] in (1, 3, 4) and s.shape[1] not in (1, 3, 4) for s in images)
+    return "channels-last (NHWC)" if channels_last else "channels-first (NCHW)"
+
+
+def _onnx_complexity(path: Path, specs: list[TensorSpec]) -> dict:
+    from edgekit.complexity import onnx_macs_params
+
+    try:
+        macs, params = onnx_macs_params(path, {s.name: s.shape for s in specs})
+    except Exception:  # control flow or shapes the counter cannot follow: no MACs column
+        return {}
+    return {"macs": macs, "params": params}
+
+
 def _save_torch(source: SourceModel, scratch: Path) -> Path | None:
     """The PyTorch model as a file a converter process can load (pickled module, or the TorchScript file)."""
     if source.framework == "torchscript":
@@ -490,19 +528,23 @@ def _outputs(run: Callable, evalset: Dataset) -> list[np.ndarray]:
 
 
 def _complexity(source: SourceModel, specs: list[TensorSpec], calib: Dataset) -> dict:
-    """MACs and parameters of the source, counted on every conv/matmul (see :mod:`edgekit.complexity`)."""
-    from edgekit.complexity import onnx_macs_params, torch_macs_params
+    """MACs and parameters of the source, counted on every conv/matmul (see :mod:`edgekit.complexity`).
 
+    TensorFlow sources are counted on their exported ONNX graph instead ({} here).
+    """
+    if source.framework == "onnx":
+        return _onnx_complexity(source.onnx_path, specs)
+    if not source.is_torch:
+        return {}
+    import torch
+
+    from edgekit.complexity import torch_macs_params
+
+    module = source.module.module() if source.framework == "torch.export" else source.module
+    example = tuple(torch.from_numpy(calib.inputs[s.name][:1]) for s in specs)
     try:
-        if source.framework == "onnx":
-            macs, params = onnx_macs_params(source.onnx_path, {s.name: s.shape for s in specs})
-        else:
-            import torch
-
-            module = source.module.module() if source.framework == "torch.export" else source.module
-            example = tuple(torch.from_numpy(calib.inputs[s.name][:1]) for s in specs)
-            macs, params = torch_macs_params(module, example)
-    except Exception:  # a graph the counters cannot follow (control flow, dynamic shapes) has no MACs column
+        macs, params = torch_macs_params(module, example)
+    except Exception:  # a model the counter cannot run has no MACs column
         return {}
     return {"macs": macs, "params": params}
 
@@ -603,6 +645,7 @@ class _BuildRun:
     complexity: dict  # MACs / parameters of the model that was built (after pruning)
     torch_model: Path | None  # that model pickled, for converters that start from PyTorch (Core ML, hls4ml)
     int8_mode: str  # static | dynamic
+    tf_model: Path | None  # a TensorFlow source as a SavedModel folder or .tflite, for TFLite's own converter
 
 
 def _build_and_check(run: _BuildRun, backend: str, precision: str) -> dict:
@@ -640,6 +683,7 @@ def _build_and_check(run: _BuildRun, backend: str, precision: str) -> dict:
         work_dir=run.scratch / f"work_{name}",
         float_nodes=run.float_nodes if precision == "int8" else (),
         torch_model=run.torch_model,
+        tf_model=run.tf_model,
         options=opts.backend_options.get(backend, {}),
         quant=opts.quant,
         int8_mode=run.int8_mode,

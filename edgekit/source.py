@@ -16,8 +16,9 @@ import numpy as np
 from edgekit.data import TensorSpec
 from edgekit.errors import EdgekitError
 from edgekit.safety import regular_file
+from edgekit.tf_source import KERAS_SUFFIXES, TF_FRAMEWORKS, load_keras, load_saved_model, load_tflite, run_function
 
-TF_SUFFIXES = {".tflite", ".keras", ".h5", ".pb"}
+TF_SUFFIXES = {".tflite", ".keras", ".h5", ".hdf5", ".pb"}
 TORCH_SUFFIXES = {".pt", ".pth", ".pt2", ".ts", ".torchscript"}
 MODEL_SUFFIXES = {".onnx", *TORCH_SUFFIXES, *TF_SUFFIXES}
 TRUST_FIX = (
@@ -30,20 +31,26 @@ TRUST_FIX = (
 class SourceModel:
     """The original model, as the user gave it, runnable on numpy inputs."""
 
-    framework: str  # pytorch | torchscript | torch.export | onnx
+    framework: str  # pytorch | torchscript | torch.export | onnx | keras | savedmodel | tflite
     location: str
     size_bytes: int
-    module: Any = None  # nn.Module / ScriptModule / ExportedProgram for PyTorch sources
+    module: Any = None  # nn.Module / ScriptModule / ExportedProgram; Keras model, SavedModel, LiteRT interpreter
     onnx_path: Path | None = None
     input_specs: list[TensorSpec] | None = None
     input_names: list[str] | None = None
 
     @property
     def is_torch(self) -> bool:
-        return self.framework != "onnx"
+        return self.framework in ("pytorch", "torchscript", "torch.export")
+
+    @property
+    def is_tf(self) -> bool:
+        return self.framework in TF_FRAMEWORKS
 
     def as_function(self):
-        """A function mapping an input dict (batch of one) to a list of numpy outputs."""
+        """A function mapping an input dict (batch of one) to a list of numpy outputs (in the source's framework)."""
+        if self.is_tf:
+            return run_function(self.framework, self.module, self.input_names)
         if self.is_torch:
             import torch
 
@@ -70,10 +77,14 @@ def load_model(spec: str, weights: Path | None = None, trust: bool = False) -> S
     unless ``trust``; ``module:callable`` runs the user's own code by design.
     """
     path = Path(spec)
-    if path.suffix.lower() in TF_SUFFIXES or (path.is_dir() and (path / "saved_model.pb").exists()):
+    if path.is_dir() and (path / "saved_model.pb").is_file():
+        return _load_tf("savedmodel", path, weights)
+    if path.suffix.lower() in (*KERAS_SUFFIXES, ".tflite"):
+        return _load_tf("tflite" if path.suffix.lower() == ".tflite" else "keras", path, weights)
+    if path.suffix.lower() == ".pb" or path.is_dir():
         raise EdgekitError(
-            f"model '{spec}': TensorFlow/Keras/TFLite sources are not supported by this version",
-            "export the model to ONNX (tf2onnx) and pass the .onnx file",
+            f"model '{spec}' is not a SavedModel folder (no saved_model.pb inside)",
+            "pass the SavedModel folder itself (it holds saved_model.pb and variables/), a .keras or .tflite file",
         )
     if path.suffix.lower() == ".onnx":
         return _load_onnx(path)
@@ -353,3 +364,19 @@ def _load_weights(module, spec: str, weights: Path) -> None:
         module.load_state_dict(state)
     except Exception as exc:
         raise EdgekitError(f"weights '{weights}' do not load into {spec} ({_first_line(exc)})", fix) from exc
+
+
+def _load_tf(framework: str, path: Path, weights: Path | None) -> SourceModel:
+    """A Keras model, SavedModel signature or ``.tflite`` interpreter as the original."""
+    if weights is not None:
+        raise EdgekitError(f"--weights is not used with a {framework} model", "drop --weights")
+    if framework == "savedmodel":
+        handle, specs = load_saved_model(path)
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    else:
+        _require_file(path)
+        handle, specs = (load_keras if framework == "keras" else load_tflite)(path)
+        size = path.stat().st_size
+    return SourceModel(
+        framework, str(path), size, module=handle, input_specs=specs, input_names=[s.name for s in specs]
+    )

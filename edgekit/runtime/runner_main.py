@@ -58,12 +58,15 @@ def load_tflite(build_dir: Path, manifest: dict, threads: int):
     def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         for spec in manifest["inputs"]:
             detail = ins[spec["index"]]
-            interp.set_tensor(detail["index"], _quantize(_perm(feed[spec["name"]], spec.get("perm")), detail))
+            value = _perm(feed[spec["name"]], spec.get("perm"))
+            # "raw": the model's own integer I/O (an already-quantized source): fed and read as they are.
+            interp.set_tensor(detail["index"], value if spec.get("raw") else _quantize(value, detail))
         interp.invoke()
         result = []
         for spec in manifest["outputs"]:
             detail = outs[spec["index"]]
-            result.append(_perm(_dequantize(interp.get_tensor(detail["index"]), detail), spec.get("perm")))
+            value = interp.get_tensor(detail["index"])
+            result.append(_perm(value if spec.get("raw") else _dequantize(value, detail), spec.get("perm")))
         return result
 
     return run, version
