@@ -81,7 +81,7 @@ def load_model(spec: str, weights: Path | None = None, trust: bool = False) -> S
         return _load_tf("savedmodel", path, weights)
     if path.suffix.lower() in (*KERAS_SUFFIXES, ".tflite"):
         return _load_tf("tflite" if path.suffix.lower() == ".tflite" else "keras", path, weights)
-    if path.suffix.lower() == ".pb" or path.is_dir():
+    if path.suffix.lower() == ".pb" or (path.is_dir() and path.suffix.lower() not in MODEL_SUFFIXES):
         raise EdgekitError(
             f"model '{spec}' is not a SavedModel folder (no saved_model.pb inside)",
             "pass the SavedModel folder itself (it holds saved_model.pb and variables/), a .keras or .tflite file",

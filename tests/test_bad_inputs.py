@@ -240,7 +240,10 @@ CASES = [
     ),
     Case("weights-with-onnx", lambda c: c.convert(c.onnx, "--weights", c.weights), "--weights is only used"),
     Case("weights-fifo", lambda c: c.cnn("--weights", bad.fifo(c.p("w.fifo"))), "not a regular file"),
-    Case("tflite-source", lambda c: c.convert(_write(c.p("m.tflite"), "x")), "not supported"),
+    Case("tflite-garbage", lambda c: c.convert(_write(c.p("m.tflite"), "x")), "not a TFLite flatbuffer"),
+    Case("keras-garbage", lambda c: c.convert(_write(c.p("m.keras"), "x")), "cannot be loaded by Keras"),
+    Case("savedmodel-folder-empty", lambda c: c.convert(c.p("sm").mkdir() or c.p("sm")), "not a SavedModel"),
+    Case("pb-file", lambda c: c.convert(_write(c.p("graph.pb"), "x")), "not a SavedModel"),
     Case("unknown-format", lambda c: c.convert(_write(c.p("m.xyz"), "x")), "unknown format"),
     # --- data ---
     Case("calib-fifo", lambda c: c.convert(c.onnx, "--calib", bad.fifo(c.p("calib.npz"))), "not a regular file"),
@@ -542,12 +545,15 @@ def corpus_build(tmp_path_factory, cnn_case) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input(case: Case, tmp_path, monkeypatch, cnn_case, digits, corpus_build):
+def test_bad_input(case: Case, tmp_path, tmp_path_factory, monkeypatch, cnn_case, digits, corpus_build):
     root = tmp_path / "work"
     root.mkdir()
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
+    # Importing Keras writes ~/.keras/keras.json and matplotlib's font cache: tool settings, not user files.
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path_factory.mktemp("mplconfig")))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path_factory.mktemp("keras_home")))
     monkeypatch.chdir(root)
     x, y = digits
     onnx_src, build = corpus_build
