@@ -20,6 +20,8 @@ from rich.markdown import Markdown
 
 from edgekit.data import ImagePreprocess, check_input_shape
 from edgekit.errors import EdgekitError, one_line
+from edgekit.gates import Tolerances
+from edgekit.junit import write_junit
 from edgekit.onnx_hub import QuantConfig
 from edgekit.pipeline import Budgets, ConvertOptions, convert
 from edgekit.procs import Terminated, signals_as_interrupt
@@ -140,12 +142,24 @@ def _guarded() -> Iterator[None]:
         raise typer.Exit(1) from exc
 
 
-def _execute(opts: ConvertOptions) -> None:
+def _execute(opts: ConvertOptions, junit: Path | None = None, quiet: bool = False, as_json: bool = False) -> None:
+    """Run ``convert``; the table (or the report as JSON) on stdout, progress on stderr unless quiet."""
     logging.getLogger("nncf").setLevel(logging.ERROR)
-    with _guarded(), err.status("starting") as status:
-        report = convert(opts, log=lambda msg: (status.update(msg), err.log(msg)))
-    print_table(report)
-    err.print(f"report: {Path(opts.out) / 'report.md'}")
+    with _guarded():
+        if junit is not None:
+            check_result_file(junit, "--junit", tuple(opts.input_paths()))
+        if quiet or as_json:
+            report = convert(opts)
+        else:
+            with err.status("starting") as status:
+                report = convert(opts, log=lambda msg: (status.update(msg), err.log(msg)))
+        if junit is not None:
+            write_junit(report, junit)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    elif not quiet:
+        print_table(report)
+        err.print(f"report: {Path(opts.out) / 'report.md'}")
     raise typer.Exit(exit_code(report))
 
 
@@ -178,6 +192,16 @@ def convert_cmd(
     min_cosine: Annotated[float | None, typer.Option(help="budget: output cosine")] = None,
     max_accuracy_drop: Annotated[float | None, typer.Option(help="budget: task-accuracy points")] = None,
     max_latency_ms: Annotated[float | None, typer.Option(help="budget: p50 ms on the device")] = None,
+    max_size_mb: Annotated[float | None, typer.Option(help="budget: deployable artifact size in MB")] = None,
+    baseline: Annotated[
+        Path | None, typer.Option(help="an earlier report.json: accuracy/latency/size regressions fail the run")
+    ] = None,
+    baseline_accuracy_pt: Annotated[float, typer.Option(help="baseline: allowed accuracy loss, points")] = 0.5,
+    baseline_latency_ratio: Annotated[float, typer.Option(help="baseline: allowed p50 growth factor")] = 1.25,
+    baseline_size_ratio: Annotated[float, typer.Option(help="baseline: allowed size growth factor")] = 1.05,
+    junit: Annotated[Path | None, typer.Option(help="write JUnit XML here (one test case per build)")] = None,
+    quiet: Annotated[bool, typer.Option(help="no progress and no table; the exit code tells")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON on stdout (no table)")] = False,
     prune: Annotated[
         str | None, typer.Option(help="structured:RATIO (removes channels) or unstructured:RATIO (zeros weights)")
     ] = None,
@@ -239,14 +263,19 @@ def convert_cmd(
             runs=runs,
             warmup=warmup,
             threads=threads,
-            budgets=Budgets(min_top1_agreement, min_cosine, max_accuracy_drop, max_latency_ms),
+            budgets=Budgets(min_top1_agreement, min_cosine, max_accuracy_drop, max_latency_ms, max_size_mb),
             prune=pruning,
             train=train,
             backend_options=options,
             quant=quant,
             trust_model=trust_model,
             hls_config=hls_config,
-        )
+            baseline=baseline,
+            baseline_tolerances=Tolerances(baseline_accuracy_pt, 0.001, baseline_latency_ratio, baseline_size_ratio),
+        ),
+        junit,
+        quiet,
+        as_json,
     )
 
 

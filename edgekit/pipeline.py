@@ -33,6 +33,7 @@ from edgekit.data import (
     specs_from_dataset,
 )
 from edgekit.errors import EdgekitError, one_line
+from edgekit.gates import Tolerances, against_baseline, load_baseline
 from edgekit.metrics import compare, finite_metrics, latency_stats
 from edgekit.procs import run as run_process
 from edgekit.prune import PruneConfig
@@ -52,6 +53,7 @@ class Budgets:
     min_cosine: float | None = None
     max_accuracy_drop: float | None = None  # points of task accuracy (labels given), else of top-1 agreement
     max_latency_ms: float | None = None  # p50 on the device that ran the build
+    max_size_mb: float | None = None  # the deployable artifact (model, weights, target library)
 
 
 @dataclass
@@ -82,11 +84,13 @@ class ConvertOptions:
     quant: onnx_hub.QuantConfig = field(default_factory=onnx_hub.QuantConfig)
     trust_model: bool = False  # load model formats that can run code (TorchScript, pickled parts of .pt2)
     hls_config: Path | None = None  # the file --hls-config was read from (an input --out must not replace)
+    baseline: Path | None = None  # an earlier report.json: regressions against it fail the run (edgekit.gates)
+    baseline_tolerances: Tolerances = field(default_factory=Tolerances)
 
     def input_paths(self) -> list[Path]:
         """Every file or folder this run reads: ``--out`` must never contain one of them."""
         model = self.model.rpartition(":")[0] if ":" in self.model and not Path(self.model).exists() else self.model
-        paths = [self.calib, self.eval, self.weights, self.train, self.hls_config]
+        paths = [self.calib, self.eval, self.weights, self.train, self.hls_config, self.baseline]
         if model.endswith(".py") or Path(model).exists():
             paths.append(Path(model))
         if self.target.endswith(".toml"):
@@ -108,9 +112,13 @@ class ConvertOptions:
             ("--min-cosine", b.min_cosine, -1.0, 1.0, "a cosine in [-1, 1], e.g. 0.99"),
             ("--max-accuracy-drop", b.max_accuracy_drop, 0.0, 100.0, "points in [0, 100], e.g. 1"),
             ("--max-latency-ms", b.max_latency_ms, 0.0, float("inf"), "a positive time in ms, e.g. 20"),
+            ("--max-size-mb", b.max_size_mb, 0.0, float("inf"), "a positive size in MB, e.g. 5"),
         )
         for flag, value, low, high, what in ranges:
-            if value is not None and not (low <= value <= high and (flag != "--max-latency-ms" or value > 0)):
+            if value is None:
+                continue
+            positive = flag not in ("--max-latency-ms", "--max-size-mb") or value > 0
+            if not (low <= value <= high and positive):
                 raise EdgekitError(f"{flag} {value} is impossible", f"give {what}")
         image = self.image
         if len(image.mean) != 3 or len(image.std) != 3:
@@ -134,6 +142,11 @@ class ConvertOptions:
                 regular_file(path, what)
         if self.calib is not None:
             file_or_folder(self.calib, "--calib")
+        t = self.baseline_tolerances
+        if not (0 <= t.accuracy_points <= 100 and 0 <= t.cosine <= 2 and t.latency_ratio >= 1 and t.size_ratio >= 1):
+            raise EdgekitError(f"baseline tolerances {t} are impossible", "give points ≥ 0 and ratios ≥ 1")
+        if self.baseline is not None:
+            load_baseline(self.baseline)
 
 
 Log = Callable[[str], None]
@@ -444,6 +457,9 @@ def _run(
     }
     from edgekit.report import write_report
 
+    if opts.baseline is not None:
+        tol = opts.baseline_tolerances
+        report["baseline"] = against_baseline(report, load_baseline(opts.baseline), str(opts.baseline), tol)
     report = _final_paths(report, {str(staged): str(out), str(scratch): "(edgekit's work folder)"})
     write_report(report, staged)
     return report
@@ -805,6 +821,8 @@ def _check_budgets(row: dict, budgets: Budgets) -> dict:
             drop, what = (1.0 - acc.get("top1_agreement", acc["cosine"])) * 100, "agreement"
         if not drop <= budgets.max_accuracy_drop:
             violations.append(f"{what} drop {drop:.2f} pt > {budgets.max_accuracy_drop} pt")
+    if budgets.max_size_mb is not None and not (row.get("size_bytes") or 0) / 1e6 <= budgets.max_size_mb:
+        violations.append(f"size {(row.get('size_bytes') or 0) / 1e6:.3f} MB > {budgets.max_size_mb} MB")
     if budgets.max_latency_ms is not None and not row["latency_ms"]["p50"] <= budgets.max_latency_ms:
         if row.get("latency_kind") == "emulated":
             violations.append("latency budget not checkable: emulated latency is not device latency")

@@ -149,6 +149,16 @@ def markdown(report: dict) -> str:
             f"Layers kept in float: {kept}.",
             "",
         ]
+    base = report.get("baseline")
+    if base:
+        verdict = "passed" if base["passed"] else "FAILED: " + "; ".join(base["violations"])
+        lines += [
+            "## Baseline",
+            "",
+            f"Compared {base['compared_builds']} build(s) with `{base['source']}` (tolerances {base['tolerances']}): "
+            f"{verdict}. Per-build regressions are listed with the budgets above.",
+            "",
+        ]
     if report["not_verified"]:
         lines += ["## Not verified", "", *[f"- {n}" for n in report["not_verified"]], ""]
     return "\n".join(lines)
@@ -229,7 +239,9 @@ def print_table(report: dict, console: Console | None = None) -> None:
 
 
 def exit_code(report: dict) -> int:
-    """0 when every build is ok and within budget, 1 otherwise (skipped builds do not fail a run)."""
+    """0 when every build is ok, within budget and no worse than the baseline, 1 otherwise (skipped builds pass)."""
+    if not (report.get("baseline") or {}).get("passed", True):
+        return 1
     for row in report["builds"]:
         if row["status"] == "failed" or not row.get("budget", {}).get("passed", True):
             return 1
