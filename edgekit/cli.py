@@ -527,6 +527,26 @@ def inspect_cmd(
 
 
 @app.command()
+def doctor(as_json: Annotated[bool, typer.Option("--json", help="print the checks as JSON")] = False) -> None:
+    """Which optional parts are present (emulators, cross compilers, devices, converters) and how to add each."""
+    from rich.table import Table
+
+    from edgekit.doctor import checks
+
+    found = checks()
+    if as_json:
+        typer.echo(json.dumps([c.to_json() for c in found], indent=2))
+        return
+    table = Table(title="edgekit doctor")
+    for col in ("", "part", "needed for", "found", "to add it"):
+        table.add_column(col)
+    for c in found:
+        mark = "[green]✓[/]" if c.present else "[yellow]–[/]"
+        table.add_row(mark, c.name, c.needed_for, c.detail, "" if c.present else c.fix)
+    wide_console(200).print(table)
+
+
+@app.command()
 def targets() -> None:
     """List the targets edgekit ships."""
     from rich.table import Table

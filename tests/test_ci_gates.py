@@ -119,3 +119,50 @@ def test_bad_baseline_and_junit_paths_are_refused_before_any_work(first_run, tmp
         result = runner.invoke(app, [*first_run["args"], "--out", str(tmp_path / "o"), *extra])
         assert result.exit_code == 2 and expect in result.output, result.output
         assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_the_github_actions_export_step_run_locally(first_run, tmp_path, cnn_case):
+    """examples/ci-export.sh (what the GitHub Actions example runs): passes, then catches a budget and a regression."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "ci-export.sh"
+    regressed = copy.deepcopy(first_run["report"])
+    for row in regressed["builds"]:
+        row["size_bytes"] //= 2
+    (tmp_path / "smaller.json").write_text(json.dumps(regressed))
+    common = {
+        "EDGEKIT_MODEL": str(first_run["root"] / "cnn.onnx"),
+        "EDGEKIT_CALIB": str(cnn_case["calib"]),
+        "EDGEKIT_EVAL": str(cnn_case["eval"]),
+        "EDGEKIT_TARGET": "host",
+        "EDGEKIT_ARGS": "--backends onnxruntime --precision fp32,int8 --runs 5 --baseline-latency-ratio 100",
+    }
+    runs = {
+        "passes": ({"EDGEKIT_BASELINE": str(first_run["root"] / "base" / "report.json")}, 0),
+        "budget": ({"EDGEKIT_ARGS": common["EDGEKIT_ARGS"] + " --max-size-mb 0.001"}, 1),
+        "regression": ({"EDGEKIT_BASELINE": str(tmp_path / "smaller.json")}, 1),
+    }
+    for name, (env, code) in runs.items():
+        out = tmp_path / name / "edgekit"
+        full = {**os.environ, **common, **env, "EDGEKIT_OUT": str(out)}
+        proc = subprocess.run(["bash", str(script)], env=full, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == code, (name, proc.stdout[-1500:], proc.stderr[-1500:])
+        assert "# edgekit report — target host" in proc.stdout  # report.md, for the job summary
+        suite = JUnitXml.fromfile(str(out.parent / "edgekit-junit.xml"))
+        failed = [c.name for s in suite for c in s if c.result]
+        assert bool(failed) == bool(code), (name, failed)
+
+
+def test_doctor_names_what_is_missing_and_how_to_add_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no tools at all
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
+    result = runner.invoke(app, ["doctor", "--json"])
+    assert result.exit_code == 0, result.output
+    found = {c["name"]: c for c in json.loads(result.stdout)}
+    assert not found["qemu-aarch64-static"]["present"] and "qemu-user-static" in found["qemu-aarch64-static"]["fix"]
+    emulated = found["emulated arm64 device"]
+    assert not emulated["present"] and emulated["fix"] == "edgekit device prepare --target arm64"
+    assert found["tf2onnx"]["present"]

