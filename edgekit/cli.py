@@ -12,6 +12,7 @@ import signal
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated
 
 import typer
@@ -27,6 +28,7 @@ from edgekit.pipeline import Budgets, ConvertOptions, convert
 from edgekit.procs import Terminated, signals_as_interrupt
 from edgekit.profiling import read_build, read_inputs
 from edgekit.prune import PruneConfig
+from edgekit.recipe import apply_recipe
 from edgekit.report import exit_code, print_table, wide_console
 from edgekit.safety import check_result_file, regular_file
 from edgekit.source import load_model
@@ -165,7 +167,14 @@ def _execute(opts: ConvertOptions, junit: Path | None = None, quiet: bool = Fals
 
 @app.command("convert")
 def convert_cmd(
-    model: Annotated[str, typer.Argument(help="model.onnx, TorchScript .pt, torch.export .pt2, or module:callable")],
+    ctx: typer.Context,
+    model: Annotated[
+        str | None,
+        typer.Argument(help="model.onnx, .pt/.pt2, .keras/.tflite/SavedModel folder, or module:callable"),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="recipe TOML with any of these options (default: ./edgekit.toml if present)")
+    ] = None,
     target: Annotated[str, typer.Option(help="target name (see `edgekit targets`) or .toml path")] = "arm64",
     calib: Annotated[Path | None, typer.Option(help=".npz/.npy or a folder of images (real data)")] = None,
     eval_data: Annotated[
@@ -227,55 +236,65 @@ def convert_cmd(
         bool, typer.Option(help="load formats that can run code (TorchScript, pickled .pt2 parts): trusted files only")
     ] = False,
 ) -> None:
-    """Convert MODEL for TARGET, run every build, check it against the original and write a report."""
+    """Convert MODEL for TARGET, run every build, check it against the original and write a report.
+
+    Every option can also come from a recipe (``--config FILE``, or ``edgekit.toml`` in the current folder);
+    options given on the command line win.
+    """
     with _guarded():
-        m, s = _per_channel(mean, "--mean"), _per_channel(std, "--std")
-        shapes = parse_input_shapes(input_shape or [])
+        v = SimpleNamespace(**apply_recipe(ctx, config))
+        if not v.model:
+            raise EdgekitError("no model given", "pass MODEL, or set model = … in edgekit.toml / --config")
+        m, s = _per_channel(v.mean, "--mean"), _per_channel(v.std, "--std")
+        shapes = parse_input_shapes(v.input_shape or [])
         pruning = (
             PruneConfig.parse(
-                prune,
-                importance=prune_importance,
-                ignore=tuple(prune_ignore or ()),
-                round_to=prune_round_to,
-                recover_steps=recover_steps,
-                recover_lr=recover_lr,
+                v.prune,
+                importance=v.prune_importance,
+                ignore=tuple(v.prune_ignore or ()),
+                round_to=v.prune_round_to,
+                recover_steps=v.recover_steps,
+                recover_lr=v.recover_lr,
             )
-            if prune
+            if v.prune
             else None
         )
-        options = parse_backend_options(backend_option or [], hls_config)
-        quant = QuantConfig(calib_method, not per_tensor, symmetric_activations, int8_mode)
+        options = parse_backend_options(v.backend_option or [], v.hls_config)
+        quant = QuantConfig(v.calib_method, not v.per_tensor, v.symmetric_activations, v.int8_mode)
     _execute(
         ConvertOptions(
-            model=model,
-            target=target,
-            out=out,
-            calib=calib,
-            eval=eval_data,
-            weights=weights,
-            precisions=_csv(precision),
-            backends=_csv(backends),
-            device=device,
+            model=v.model,
+            target=v.target,
+            out=v.out,
+            calib=v.calib,
+            eval=v.eval_data,
+            weights=v.weights,
+            precisions=_csv(v.precision),
+            backends=_csv(v.backends),
+            device=v.device,
             input_shapes=shapes or None,
-            image=ImagePreprocess(m, s, ten_crop),
-            calib_size=calib_size,
-            eval_size=eval_size,
-            runs=runs,
-            warmup=warmup,
-            threads=threads,
-            budgets=Budgets(min_top1_agreement, min_cosine, max_accuracy_drop, max_latency_ms, max_size_mb),
+            image=ImagePreprocess(m, s, v.ten_crop),
+            calib_size=v.calib_size,
+            eval_size=v.eval_size,
+            runs=v.runs,
+            warmup=v.warmup,
+            threads=v.threads,
+            budgets=Budgets(v.min_top1_agreement, v.min_cosine, v.max_accuracy_drop, v.max_latency_ms, v.max_size_mb),
             prune=pruning,
-            train=train,
+            train=v.train,
             backend_options=options,
             quant=quant,
-            trust_model=trust_model,
-            hls_config=hls_config,
-            baseline=baseline,
-            baseline_tolerances=Tolerances(baseline_accuracy_pt, 0.001, baseline_latency_ratio, baseline_size_ratio),
+            trust_model=v.trust_model,
+            hls_config=v.hls_config,
+            baseline=v.baseline,
+            baseline_tolerances=Tolerances(
+                v.baseline_accuracy_pt, 0.001, v.baseline_latency_ratio, v.baseline_size_ratio
+            ),
+            recipe=v.recipe,
         ),
-        junit,
-        quiet,
-        as_json,
+        v.junit,
+        v.quiet,
+        v.as_json,
     )
 
 

@@ -86,6 +86,7 @@ class ConvertOptions:
     hls_config: Path | None = None  # the file --hls-config was read from (an input --out must not replace)
     baseline: Path | None = None  # an earlier report.json: regressions against it fail the run (edgekit.gates)
     baseline_tolerances: Tolerances = field(default_factory=Tolerances)
+    recipe: dict | None = None  # the recipe file and the options it supplied (recorded in the report)
 
     def input_paths(self) -> list[Path]:
         """Every file or folder this run reads: ``--out`` must never contain one of them."""
@@ -443,6 +444,7 @@ def _run(
             "precisions": list(precisions),
             "backends": list(backends),
             "quantization": {**asdict(opts.quant), "int8_mode": mode},
+            "recipe": opts.recipe,
         },
         "original": original,
         "onnx": {

@@ -166,3 +166,35 @@ def test_doctor_names_what_is_missing_and_how_to_add_it(tmp_path, monkeypatch):
     emulated = found["emulated arm64 device"]
     assert not emulated["present"] and emulated["fix"] == "edgekit device prepare --target arm64"
     assert found["tf2onnx"]["present"]
+
+
+def test_a_recipe_holds_the_options_and_flags_override_it(first_run, cnn_case, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "edgekit.toml").write_text(
+        "\n".join(
+            [
+                f'model = "{first_run["root"] / "cnn.onnx"}"',
+                f'calib = "{cnn_case["calib"]}"',
+                'target = "host"',
+                'backends = ["onnxruntime"]',
+                'precision = ["fp32", "int8"]',
+                "runs = 3",
+                'out = "from_recipe"',
+                "min-top1-agreement = 0.9",
+            ]
+        )
+    )
+    result = runner.invoke(app, ["convert", "--quiet"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "from_recipe" / "report.json").read_text())
+    assert [b["precision"] for b in report["builds"]] == ["fp32", "int8"]
+    assert report["settings"]["recipe"]["options"]["min-top1-agreement"] == 0.9
+    result = runner.invoke(app, ["convert", "--quiet", "--precision", "fp32", "--out", "flags"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "flags" / "report.json").read_text())
+    assert [b["precision"] for b in report["builds"]] == ["fp32"] and "precision" not in report["settings"]["recipe"][
+        "options"
+    ]
+    (tmp_path / "bad.toml").write_text("runs = 'many'\n")
+    result = runner.invoke(app, ["convert", "--config", "bad.toml"])
+    assert result.exit_code == 2 and "'runs' = 'many'" in result.output and "Traceback" not in result.output
