@@ -26,3 +26,10 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
         return text
     head = limit // 2
     return f"{text[: head - 1]} … {text[-(limit - head - 2) :]}"
+
+
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The exception's first line (no type name), shortened in the middle so its end survives."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= limit else f"{text[: limit // 2 - 1]} … {text[-(limit - limit // 2 - 2) :]}"

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.data import TensorSpec
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, first_line
 from edgekit.safety import regular_file
 from edgekit.tf_source import KERAS_SUFFIXES, TF_FRAMEWORKS, load_keras, load_saved_model, load_tflite, run_function
 
@@ -117,7 +117,7 @@ def _load_onnx(path: Path) -> SourceModel:
         onnx.checker.check_model(model)
     except Exception as exc:  # protobuf/onnx raise many types for a damaged file
         raise EdgekitError(
-            f"model '{path}' is not a valid ONNX file (corrupt or truncated: {_first_line(exc)})",
+            f"model '{path}' is not a valid ONNX file (corrupt or truncated: {first_line(exc)})",
             "re-export the model to ONNX",
         ) from exc
     _check_onnx_runs(path)
@@ -134,12 +134,6 @@ def _load_onnx(path: Path) -> SourceModel:
     )
 
 
-def _first_line(exc: BaseException, limit: int = 160) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    text = lines[0] if lines else type(exc).__name__
-    return text if len(text) <= limit else f"{text[: limit // 2 - 1]} … {text[-(limit - limit // 2 - 2) :]}"
-
-
 def _check_onnx_runs(path: Path) -> None:
     """ONNX Runtime must accept the graph (``onnx.checker`` passes graphs with unknown opsets or wrong types)."""
     import onnxruntime as ort
@@ -152,7 +146,7 @@ def _check_onnx_runs(path: Path) -> None:
     except Exception as exc:
         raise EdgekitError(
             f"model '{path}' is valid ONNX but ONNX Runtime {ort.__version__} cannot load it "
-            f"({_first_line(exc, 400).removeprefix('[ONNXRuntimeError] : ')})",
+            f"({first_line(exc, 400).removeprefix('[ONNXRuntimeError] : ')})",
             "re-export it with a released opset and input types every operator accepts",
         ) from exc
 
@@ -257,7 +251,7 @@ def _load_torch_file(path: Path, trust: bool) -> SourceModel:
         raise
     except Exception as exc:
         raise EdgekitError(
-            f"model '{path}' cannot be loaded by PyTorch ({_first_line(exc)})",
+            f"model '{path}' cannot be loaded by PyTorch ({first_line(exc)})",
             "re-save it with torch.jit.save or torch.export.save",
         ) from exc
     raise EdgekitError(
@@ -290,7 +284,7 @@ def _import_callable(spec: str):
         raise
     except (Exception, SystemExit) as exc:  # the user's module: syntax errors, failing imports, sys.exit at import
         raise EdgekitError(
-            f"model '{spec}': importing '{target}' failed ({type(exc).__name__}: {_first_line(exc)})",
+            f"model '{spec}': importing '{target}' failed ({type(exc).__name__}: {first_line(exc)})",
             "fix the module (run `python -c 'import …'` to see the traceback), or run from the folder that holds it",
         ) from exc
     fn = getattr(module, attr, None)
@@ -307,7 +301,7 @@ def _load_callable(spec: str, weights: Path | None) -> SourceModel:
         module = fn() if callable(fn) and not isinstance(fn, torch.nn.Module) else fn
     except (Exception, SystemExit) as exc:
         raise EdgekitError(
-            f"model '{spec}': calling it failed ({type(exc).__name__}: {_first_line(exc)})",
+            f"model '{spec}': calling it failed ({type(exc).__name__}: {first_line(exc)})",
             "make the callable return an nn.Module without arguments",
         ) from exc
     if not isinstance(module, torch.nn.Module):
@@ -336,7 +330,7 @@ def _load_weights(module, spec: str, weights: Path) -> None:
     try:
         state = torch.load(str(weights), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise EdgekitError(f"weights '{weights}' cannot be read as a state dict ({_first_line(exc)})", fix) from exc
+        raise EdgekitError(f"weights '{weights}' cannot be read as a state dict ({first_line(exc)})", fix) from exc
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -363,7 +357,7 @@ def _load_weights(module, spec: str, weights: Path) -> None:
     try:
         module.load_state_dict(state)
     except Exception as exc:
-        raise EdgekitError(f"weights '{weights}' do not load into {spec} ({_first_line(exc)})", fix) from exc
+        raise EdgekitError(f"weights '{weights}' do not load into {spec} ({first_line(exc)})", fix) from exc
 
 
 def _load_tf(framework: str, path: Path, weights: Path | None) -> SourceModel:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.data import TensorSpec
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, first_line
 
 TF_FRAMEWORKS = ("keras", "savedmodel", "tflite")
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -29,12 +29,6 @@ def _quiet_tf():
 
     tf.get_logger().setLevel("ERROR")
     return tf
-
-
-def _first_line(exc: BaseException, limit: int = 200) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    text = lines[0] if lines else type(exc).__name__
-    return text if len(text) <= limit else f"{text[: limit // 2 - 1]} … {text[-(limit - limit // 2 - 2) :]}"
 
 
 def _spec(name: str, shape, dtype) -> TensorSpec:
@@ -51,7 +45,7 @@ def load_keras(path: Path):
         with contextlib.redirect_stdout(io.StringIO()):
             model = keras.models.load_model(str(path), compile=False, safe_mode=True)
     except Exception as exc:
-        text = _first_line(exc)
+        text = first_line(exc)
         if "safe_mode" in str(exc) or "lambda" in str(exc).lower():
             raise EdgekitError(
                 f"model '{path}' holds Python code (a Lambda layer) that Keras runs only outside safe mode",
@@ -75,7 +69,7 @@ def load_saved_model(path: Path):
         ) from exc
     except Exception as exc:
         raise EdgekitError(
-            f"'{path}' cannot be loaded as a SavedModel ({_first_line(exc)})", "re-export it with tf.saved_model.save"
+            f"'{path}' cannot be loaded as a SavedModel ({first_line(exc)})", "re-export it with tf.saved_model.save"
         ) from exc
     _, kwargs = signature.structured_input_signature
     specs = [_spec(name, kwargs[name].shape, kwargs[name].dtype.as_numpy_dtype) for name in sorted(kwargs)]
@@ -96,7 +90,7 @@ def load_tflite(path: Path):
         interp = _interpreter(path)
     except Exception as exc:
         raise EdgekitError(
-            f"model '{path}' is not a TFLite flatbuffer LiteRT can load ({_first_line(exc)})",
+            f"model '{path}' is not a TFLite flatbuffer LiteRT can load ({first_line(exc)})",
             "re-convert it with TFLiteConverter",
         ) from exc
     specs = [_spec(d["name"], d.get("shape_signature", d["shape"]), d["dtype"]) for d in interp.get_input_details()]
