@@ -8,7 +8,6 @@ float in its int8 builds — each with a fix. ``would_fail`` says whether ``edge
 from __future__ import annotations
 
 import collections
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,7 +250,6 @@ def _openvino_missing(graph: Path, ops: collections.Counter) -> dict[str, int]:
 
 
 def _tvm_missing(graph: Path, ops: collections.Counter) -> dict[str, int]:
-    os.environ.setdefault("TVM_LOG_DEBUG", "0")
     from tvm.relax.frontend.onnx import onnx_frontend
 
     known = set(onnx_frontend._get_convert_map())
