@@ -22,14 +22,18 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     text = lines[-1] if lines and lines[0].startswith("Traceback") else (lines[0] if lines else "")
     text = f"{type(exc).__name__}: {text}" if not isinstance(exc, EdgekitError) else text
-    if len(text) <= limit:
-        return text
-    head = limit // 2
-    return f"{text[: head - 1]} … {text[-(limit - head - 2) :]}"
+    return _shorten(text, limit)
 
 
 def first_line(exc: BaseException, limit: int = 160) -> str:
     """The exception's first line (no type name), shortened in the middle so its end survives."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    text = lines[0] if lines else type(exc).__name__
-    return text if len(text) <= limit else f"{text[: limit // 2 - 1]} … {text[-(limit - limit // 2 - 2) :]}"
+    return _shorten(lines[0] if lines else type(exc).__name__, limit)
+
+
+def _shorten(text: str, limit: int) -> str:
+    """``text`` cut in the middle to ``limit`` characters, so both its start and its end (the cause) survive."""
+    if len(text) <= limit:
+        return text
+    head = limit // 2
+    return f"{text[: head - 1]} … {text[-(limit - head - 2) :]}"

@@ -103,7 +103,7 @@ def inspect_model(
             ) from exc
         report = _describe(source, tgt, specs, graph)
         for backend in tgt.backends:
-            findings += _backend_findings(backend, source, graph)
+            findings += _backend_findings(backend, source, graph, collections.Counter(report["ops"]))
     report["findings"] = [f.to_json() for f in findings]
     report["would_fail"] = any(f.severity == "error" for f in findings)
     return report
@@ -135,19 +135,12 @@ def _describe(source: SourceModel, target: Target, specs: list[TensorSpec], grap
     }
 
 
-def _graph_ops(graph: Path) -> collections.Counter:
-    import onnx
-
-    return collections.Counter(n.op_type for n in onnx.load(str(graph), load_external_data=False).graph.node)
-
-
 def _fmt(ops: dict[str, int]) -> str:
     return ", ".join(f"{op} ×{n}" for op, n in sorted(ops.items()))
 
 
-def _backend_findings(backend: str, source: SourceModel, graph: Path) -> list[Finding]:
+def _backend_findings(backend: str, source: SourceModel, graph: Path, ops: collections.Counter) -> list[Finding]:
     """What ``backend`` cannot convert or run, and what stays float in its int8 build."""
-    ops = _graph_ops(graph)
     if backend in ("coreml", "hls4ml"):
         return _pytorch_only(backend, source)
     try:

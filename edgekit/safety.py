@@ -18,6 +18,7 @@ from pathlib import Path
 from edgekit.errors import EdgekitError
 
 MARKER = ".edgekit-output"
+STAGING_MARK = ".edgekit-staging"  # in every staging folder, so only edgekit's own leftovers are ever removed
 _STAGING = re.compile(r"^\.(?P<name>.+)\.edgekit-(?P<pid>\d+)-[A-Za-z0-9_]+$")
 _OLD = re.compile(r"^\.(?P<name>.+)\.old-(?P<pid>\d+)$")
 
@@ -102,16 +103,20 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_staging(out: Path) -> None:
-    """Remove staging and half-replaced folders of ``out`` whose edgekit process no longer runs."""
+    """Remove staging and half-replaced folders of ``out`` whose edgekit process no longer runs.
+
+    A folder is removed only if it carries edgekit's own mark (a staging folder its :data:`STAGING_MARK`,
+    a replaced output its :data:`MARKER`): a user's ``.build.old-2024`` backup is never touched.
+    """
     with contextlib.suppress(OSError):
         for entry in out.parent.iterdir():
-            m = _STAGING.match(entry.name) or _OLD.match(entry.name)
-            if (
-                m
-                and m.group("name") == out.name
-                and int(m.group("pid")) != os.getpid()
-                and not _alive(int(m.group("pid")))
-            ):
+            m, mark = _STAGING.match(entry.name), STAGING_MARK
+            if m is None:
+                m, mark = _OLD.match(entry.name), MARKER
+            if m is None or m.group("name") != out.name or not (entry / mark).is_file():
+                continue
+            pid = int(m.group("pid"))
+            if pid != os.getpid() and not _alive(pid):
                 shutil.rmtree(entry, ignore_errors=True)
 
 
@@ -132,6 +137,7 @@ class Staging:
             out.parent.mkdir(parents=True, exist_ok=True)
             remove_stale_staging(out)
             self.root = Path(tempfile.mkdtemp(prefix=f".{out.name}.edgekit-{os.getpid()}-", dir=out.parent))
+            (self.root / STAGING_MARK).touch()
         except OSError as exc:
             self._remove(missing)
             raise EdgekitError(f"cannot write next to '{out}' ({exc.strerror})", "choose a writable --out") from exc

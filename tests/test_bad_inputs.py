@@ -626,16 +626,26 @@ def test_trusted_torchscript_and_clean_export_archives_load(tmp_path):
 
 def test_a_stale_staging_folder_is_removed_by_the_next_run(tmp_path, cnn_case):
     """A run killed with SIGKILL leaves its staging folder; the next run into the same place removes it."""
+    from edgekit.safety import MARKER, STAGING_MARK, Staging
+
     stale = tmp_path / ".out.edgekit-999999999-abc123"  # no such pid
     stale.mkdir()
+    (stale / STAGING_MARK).touch()
     (stale / "half.onnx").write_text("x")
+    replaced = tmp_path / ".out.old-999999999"  # an earlier output moved aside by a killed publish
+    replaced.mkdir()
+    (replaced / MARKER).touch()
     live = tmp_path / f".out.edgekit-{os.getppid()}-abc123"  # a running process: left alone
     live.mkdir()
-    from edgekit.safety import Staging
+    (live / STAGING_MARK).touch()
+    backup = tmp_path / ".out.old-2024"  # the user's own backup that merely looks like ours: never touched
+    backup.mkdir()
+    (backup / "thesis.txt").write_text("years of work")
 
     with Staging(tmp_path / "out") as staging:
         assert staging.root.name.startswith(f".out.edgekit-{os.getpid()}-")
-    assert not stale.exists() and live.exists()
+    assert not stale.exists() and not replaced.exists() and live.exists()
+    assert (backup / "thesis.txt").read_text() == "years of work"
 
 
 def test_files_put_into_out_during_the_run_are_never_replaced(tmp_path):
