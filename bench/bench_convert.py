@@ -43,6 +43,7 @@ def main() -> None:
                 device="host",
                 runs=args.runs,
                 warmup=10,
+                cache=False,  # build times are part of the benchmark
             ),
             log=print,
         )

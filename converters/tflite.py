@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -44,7 +45,9 @@ class TfliteConverter(Converter):
                 return native
         work = ctx.work_dir / "onnx2tf"
         work.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "onnx2tf", "-i", str(ctx.onnx_fp32), "-o", "out", "-n"]
+        # onnx2tf rewrites its input file in place (onnxsim): give it a copy, never the shared graph
+        graph = Path(shutil.copyfile(ctx.onnx_fp32, work / "model.onnx"))
+        cmd = [sys.executable, "-m", "onnx2tf", "-i", str(graph), "-o", "out", "-n"]
         variant, quant, notes = ctx.precision, "", []
         perms = {s.name: channels_last_perm(s.shape) for s in ctx.inputs}
         if ctx.precision == "int8" and has_float_inputs(ctx.inputs) and ctx.int8_mode == "static":

@@ -24,9 +24,10 @@ from edgekit.errors import EdgekitError, one_line
 from edgekit.gates import Tolerances
 from edgekit.junit import write_junit
 from edgekit.onnx_hub import QuantConfig
-from edgekit.pipeline import Budgets, ConvertOptions, convert
+from edgekit.pipeline import Budgets, ConvertOptions, convert, convert_targets
 from edgekit.procs import Terminated, signals_as_interrupt
 from edgekit.profiling import read_build, read_inputs
+from edgekit.progress import Progress, RichProgress, summarise_hidden, third_party_output_hidden
 from edgekit.prune import PruneConfig
 from edgekit.recipe import apply_recipe
 from edgekit.report import exit_code, print_table, wide_console
@@ -144,24 +145,49 @@ def _guarded() -> Iterator[None]:
         raise typer.Exit(1) from exc
 
 
-def _execute(opts: ConvertOptions, junit: Path | None = None, quiet: bool = False, as_json: bool = False) -> None:
-    """Run ``convert``; the table (or the report as JSON) on stdout, progress on stderr unless quiet."""
-    logging.getLogger("nncf").setLevel(logging.ERROR)
+def _execute(
+    opts: ConvertOptions, junit: Path | None = None, quiet: bool = False, as_json: bool = False, verbose: bool = False
+) -> None:
+    """Run ``convert``; the table (or the report as JSON) on stdout, progress bars on stderr unless quiet.
+
+    What the libraries print goes to ``logs/libraries.log`` in the output folder (one summary line here),
+    unless ``verbose``.
+    """
+    if not verbose:
+        logging.getLogger("nncf").setLevel(logging.ERROR)
+    hidden = None
     with _guarded():
         if junit is not None:
             check_result_file(junit, "--junit", tuple(opts.input_paths()))
-        if quiet or as_json:
-            report = convert(opts)
-        else:
-            with err.status("starting") as status:
-                report = convert(opts, log=lambda msg: (status.update(msg), err.log(msg)))
+        with third_party_output_hidden(verbose) as streams:
+            quiet_run = quiet or as_json
+            console = Console(file=streams.terminal, stderr=True, log_path=False)
+            progress = Progress() if quiet_run else RichProgress(console)
+            progress.library_log, progress.verbose = streams.library_log, verbose
+            targets = _csv(opts.target) or (opts.target,)
+            try:
+                with progress:
+                    if len(targets) > 1:
+                        report = convert_targets(opts, list(targets), progress)
+                    else:
+                        report = convert(opts, progress)
+            finally:
+                hidden = streams.library_log and summarise_hidden(streams.library_log)
+                if streams.library_log:
+                    streams.library_log.unlink(missing_ok=True)
         if junit is not None:
             write_junit(report, junit)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     elif not quiet:
-        print_table(report)
-        err.print(f"report: {Path(opts.out) / 'report.md'}")
+        for one in report.get("reports", [report]):
+            print_table(one)
+        if hidden:
+            err.print(f"[dim]{hidden} (kept in the output's logs/ folder)[/]", highlight=False)
+        if "reports" in report:
+            err.print(f"summary: {Path(opts.out) / 'summary.md'}; each target's report.md/.html in its folder")
+        else:
+            err.print(f"report: {Path(opts.out) / 'report.md'}, {Path(opts.out) / 'report.html'}")
     raise typer.Exit(exit_code(report))
 
 
@@ -170,75 +196,200 @@ def convert_cmd(
     ctx: typer.Context,
     model: Annotated[
         str | None,
-        typer.Argument(help="model.onnx, .pt/.pt2, .keras/.tflite/SavedModel folder, or module:callable"),
+        typer.Argument(
+            rich_help_panel="Model", help="model.onnx, .pt/.pt2, .keras/.tflite/SavedModel folder, or module:callable"
+        ),
     ] = None,
     config: Annotated[
-        Path | None, typer.Option(help="recipe TOML with any of these options (default: ./edgekit.toml if present)")
+        Path | None,
+        typer.Option(
+            rich_help_panel="Model", help="recipe TOML with any of these options (default: ./edgekit.toml if present)"
+        ),
     ] = None,
-    target: Annotated[str, typer.Option(help="target name (see `edgekit targets`) or .toml path")] = "arm64",
-    calib: Annotated[Path | None, typer.Option(help=".npz/.npy or a folder of images (real data)")] = None,
+    target: Annotated[
+        str,
+        typer.Option(
+            rich_help_panel="Target and device",
+            help="target name (see `edgekit targets`) or .toml path; several, comma-separated: OUT/<target>/ each",
+        ),
+    ] = "arm64",
+    calib: Annotated[
+        Path | None, typer.Option(rich_help_panel="Data", help=".npz/.npy or a folder of images (real data)")
+    ] = None,
     eval_data: Annotated[
-        Path | None, typer.Option("--eval", help="held-out .npz, with 'labels' for task accuracy")
+        Path | None,
+        typer.Option("--eval", rich_help_panel="Data", help="held-out .npz, with 'labels' for task accuracy"),
     ] = None,
-    out: Annotated[Path, typer.Option(help="output folder (replaced atomically)")] = Path("build"),
-    weights: Annotated[Path | None, typer.Option(help="state dict for module:callable (weights_only)")] = None,
-    precision: Annotated[str | None, typer.Option(help="fp32|fp16|int8, comma-separated; default from target")] = None,
-    backends: Annotated[str | None, typer.Option(help="tflite,onnxruntime,openvino,tvm; default from target")] = None,
+    out: Annotated[Path, typer.Option(rich_help_panel="Output", help="output folder (replaced atomically)")] = Path(
+        "build"
+    ),
+    weights: Annotated[
+        Path | None, typer.Option(rich_help_panel="Model", help="state dict for module:callable (weights_only)")
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(rich_help_panel="Target and device", help="fp32|fp16|int8, comma-separated; default from target"),
+    ] = None,
+    backends: Annotated[
+        str | None,
+        typer.Option(rich_help_panel="Target and device", help="tflite,onnxruntime,openvino,tvm; default from target"),
+    ] = None,
     device: Annotated[
         str | None,
-        typer.Option(help="where builds run: host | emulated | ssh://user@host[:port][?key=…] | adb[://SERIAL]"),
+        typer.Option(
+            rich_help_panel="Target and device",
+            help="where builds run: host | emulated | ssh://user@host[:port][?key=…] | adb[://SERIAL]",
+        ),
     ] = None,
-    input_shape: Annotated[list[str] | None, typer.Option(help="[NAME:]1x3x224x224[:dtype], repeatable")] = None,
-    mean: Annotated[str, typer.Option(help="image folders: per-channel pixel mean")] = "0",
-    std: Annotated[str, typer.Option(help="image folders: per-channel pixel std")] = "255",
-    ten_crop: Annotated[bool, typer.Option(help="image folders: ten crops per image")] = False,
-    calib_size: Annotated[int, typer.Option(help="calibration samples")] = 100,
-    eval_size: Annotated[int, typer.Option(help="held-out samples")] = 100,
-    runs: Annotated[int, typer.Option(help="timed runs per build (after warm-up)")] = 50,
-    warmup: Annotated[int, typer.Option(help="warm-up runs")] = 10,
-    threads: Annotated[int, typer.Option(help="threads per runtime")] = os.cpu_count() or 1,
-    min_top1_agreement: Annotated[float | None, typer.Option(help="budget: fraction 0–1")] = None,
-    min_cosine: Annotated[float | None, typer.Option(help="budget: output cosine")] = None,
-    max_accuracy_drop: Annotated[float | None, typer.Option(help="budget: task-accuracy points")] = None,
-    max_latency_ms: Annotated[float | None, typer.Option(help="budget: p50 ms on the device")] = None,
-    max_size_mb: Annotated[float | None, typer.Option(help="budget: deployable artifact size in MB")] = None,
+    input_shape: Annotated[
+        list[str] | None, typer.Option(rich_help_panel="Model", help="[NAME:]1x3x224x224[:dtype], repeatable")
+    ] = None,
+    mean: Annotated[str, typer.Option(rich_help_panel="Data", help="image folders: per-channel pixel mean")] = "0",
+    std: Annotated[str, typer.Option(rich_help_panel="Data", help="image folders: per-channel pixel std")] = "255",
+    ten_crop: Annotated[bool, typer.Option(rich_help_panel="Data", help="image folders: ten crops per image")] = False,
+    calib_size: Annotated[int, typer.Option(rich_help_panel="Data", help="calibration samples")] = 100,
+    eval_size: Annotated[int, typer.Option(rich_help_panel="Data", help="held-out samples")] = 100,
+    runs: Annotated[
+        int, typer.Option(rich_help_panel="Target and device", help="timed runs per build (after warm-up)")
+    ] = 50,
+    warmup: Annotated[int, typer.Option(rich_help_panel="Target and device", help="warm-up runs")] = 10,
+    threads: Annotated[
+        int, typer.Option(rich_help_panel="Target and device", help="threads per runtime")
+    ] = os.cpu_count() or 1,
+    min_top1_agreement: Annotated[
+        float | None, typer.Option(rich_help_panel="Budgets and CI", help="budget: fraction 0–1")
+    ] = None,
+    min_cosine: Annotated[
+        float | None, typer.Option(rich_help_panel="Budgets and CI", help="budget: output cosine")
+    ] = None,
+    max_accuracy_drop: Annotated[
+        float | None, typer.Option(rich_help_panel="Budgets and CI", help="budget: task-accuracy points")
+    ] = None,
+    max_latency_ms: Annotated[
+        float | None, typer.Option(rich_help_panel="Budgets and CI", help="budget: p50 ms on the device")
+    ] = None,
+    max_size_mb: Annotated[
+        float | None, typer.Option(rich_help_panel="Budgets and CI", help="budget: deployable artifact size in MB")
+    ] = None,
     baseline: Annotated[
-        Path | None, typer.Option(help="an earlier report.json: accuracy/latency/size regressions fail the run")
+        Path | None,
+        typer.Option(
+            rich_help_panel="Budgets and CI",
+            help="an earlier report.json: accuracy/latency/size regressions fail the run",
+        ),
     ] = None,
-    baseline_accuracy_pt: Annotated[float, typer.Option(help="baseline: allowed accuracy loss, points")] = 0.5,
-    baseline_latency_ratio: Annotated[float, typer.Option(help="baseline: allowed p50 growth factor")] = 1.25,
-    baseline_size_ratio: Annotated[float, typer.Option(help="baseline: allowed size growth factor")] = 1.05,
-    junit: Annotated[Path | None, typer.Option(help="write JUnit XML here (one test case per build)")] = None,
-    quiet: Annotated[bool, typer.Option(help="no progress and no table; the exit code tells")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON on stdout (no table)")] = False,
+    baseline_accuracy_pt: Annotated[
+        float, typer.Option(rich_help_panel="Budgets and CI", help="baseline: allowed accuracy loss, points")
+    ] = 0.5,
+    baseline_latency_ratio: Annotated[
+        float, typer.Option(rich_help_panel="Budgets and CI", help="baseline: allowed p50 growth factor")
+    ] = 1.25,
+    baseline_size_ratio: Annotated[
+        float, typer.Option(rich_help_panel="Budgets and CI", help="baseline: allowed size growth factor")
+    ] = 1.05,
+    junit: Annotated[
+        Path | None,
+        typer.Option(rich_help_panel="Budgets and CI", help="write JUnit XML here (one test case per build)"),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option(rich_help_panel="Output", help="no progress and no table; the exit code tells")
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            rich_help_panel="Output",
+            help="show the libraries' warnings and the converters' output (always kept in OUT/logs)",
+        ),
+    ] = False,
+    cache: Annotated[
+        bool,
+        typer.Option(
+            rich_help_panel="Output", help="reuse the builds of an unchanged conversion (see `edgekit cache`)"
+        ),
+    ] = True,
+    recheck: Annotated[
+        bool,
+        typer.Option(
+            rich_help_panel="Output",
+            help="run builds reused from the cache on the device again (default: reuse their measurement when "
+            "the device, data and settings are unchanged)",
+        ),
+    ] = False,
+    layer_diff: Annotated[
+        bool,
+        typer.Option(
+            rich_help_panel="Output",
+            help="per-layer error of the int8/fp16 builds (edgekit diff) in the report and its plots",
+        ),
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", rich_help_panel="Output", help="print the report as JSON on stdout (no table)")
+    ] = False,
     prune: Annotated[
-        str | None, typer.Option(help="structured:RATIO (removes channels) or unstructured:RATIO (zeros weights)")
+        str | None,
+        typer.Option(
+            rich_help_panel="Pruning", help="structured:RATIO (removes channels) or unstructured:RATIO (zeros weights)"
+        ),
     ] = None,
-    prune_importance: Annotated[str, typer.Option(help="l1 | l2 | bn | taylor (needs --train)")] = "l2",
-    prune_ignore: Annotated[list[str] | None, typer.Option(help="module name regex never pruned, repeatable")] = None,
-    prune_round_to: Annotated[int, typer.Option(help="keep channel counts multiples of this")] = 1,
-    recover_steps: Annotated[int, typer.Option(help="self-distillation steps after pruning (0: BN only)")] = 0,
-    recover_lr: Annotated[float, typer.Option(help="learning rate of the recovery steps")] = 1e-3,
-    train: Annotated[Path | None, typer.Option(help="labelled .npz: recovery also fine-tunes on the labels")] = None,
-    calib_method: Annotated[str, typer.Option(help="int8 calibration: minmax | entropy | percentile")] = "minmax",
-    per_tensor: Annotated[bool, typer.Option(help="int8 weights per tensor instead of per channel")] = False,
-    symmetric_activations: Annotated[bool, typer.Option(help="symmetric int8 activations (zero point 0)")] = False,
+    prune_importance: Annotated[
+        str, typer.Option(rich_help_panel="Pruning", help="l1 | l2 | bn | taylor (needs --train)")
+    ] = "l2",
+    prune_ignore: Annotated[
+        list[str] | None, typer.Option(rich_help_panel="Pruning", help="module name regex never pruned, repeatable")
+    ] = None,
+    prune_round_to: Annotated[
+        int, typer.Option(rich_help_panel="Pruning", help="keep channel counts multiples of this")
+    ] = 1,
+    recover_steps: Annotated[
+        int, typer.Option(rich_help_panel="Pruning", help="self-distillation steps after pruning (0: BN only)")
+    ] = 0,
+    recover_lr: Annotated[
+        float, typer.Option(rich_help_panel="Pruning", help="learning rate of the recovery steps")
+    ] = 1e-3,
+    train: Annotated[
+        Path | None,
+        typer.Option(rich_help_panel="Pruning", help="labelled .npz: recovery also fine-tunes on the labels"),
+    ] = None,
+    calib_method: Annotated[
+        str, typer.Option(rich_help_panel="Quantization", help="int8 calibration: minmax | entropy | percentile")
+    ] = "minmax",
+    per_tensor: Annotated[
+        bool, typer.Option(rich_help_panel="Quantization", help="int8 weights per tensor instead of per channel")
+    ] = False,
+    symmetric_activations: Annotated[
+        bool, typer.Option(rich_help_panel="Quantization", help="symmetric int8 activations (zero point 0)")
+    ] = False,
     int8_mode: Annotated[
-        str, typer.Option(help="auto (dynamic for MatMul models with token inputs) | static | dynamic")
+        str,
+        typer.Option(
+            rich_help_panel="Quantization", help="auto (dynamic for MatMul models with token inputs) | static | dynamic"
+        ),
     ] = "auto",
     backend_option: Annotated[
-        list[str] | None, typer.Option(help="BACKEND.KEY=VALUE (JSON value), e.g. coreml.palettize=4, repeatable")
+        list[str] | None,
+        typer.Option(
+            rich_help_panel="Backend options",
+            help="BACKEND.KEY=VALUE (JSON value), e.g. coreml.palettize=4, repeatable",
+        ),
     ] = None,
     hls_config: Annotated[
-        Path | None, typer.Option(help="JSON merged into hls4ml's config, e.g. per-layer Precision/ReuseFactor")
+        Path | None,
+        typer.Option(
+            rich_help_panel="Backend options",
+            help="JSON merged into hls4ml's config, e.g. per-layer Precision/ReuseFactor",
+        ),
     ] = None,
     trust_model: Annotated[
-        bool, typer.Option(help="load formats that can run code (TorchScript, pickled .pt2 parts): trusted files only")
+        bool,
+        typer.Option(
+            rich_help_panel="Model",
+            help="load formats that can run code (TorchScript, pickled .pt2 parts): trusted files only",
+        ),
     ] = False,
 ) -> None:
     """Convert MODEL for TARGET, run every build, check it against the original and write a report.
 
-    Every option can also come from a recipe (``--config FILE``, or ``edgekit.toml`` in the current folder);
+    Every option can also come from a recipe (--config FILE, or edgekit.toml in the current folder);
     options given on the command line win.
     """
     with _guarded():
@@ -291,10 +442,14 @@ def convert_cmd(
                 v.baseline_accuracy_pt, 0.001, v.baseline_latency_ratio, v.baseline_size_ratio
             ),
             recipe=v.recipe,
+            cache=v.cache,
+            recheck=v.recheck,
+            layer_diff=v.layer_diff,
         ),
         v.junit,
         v.quiet,
         v.as_json,
+        v.verbose,
     )
 
 
@@ -367,8 +522,8 @@ def prune_scan_cmd(
             runs=runs,
             train=train,
         )
-        with err.status("starting") as status:
-            scan = prune_scan(opts, config, values, log=lambda msg: (status.update(msg), err.log(msg)))
+        with RichProgress(Console(stderr=True, log_path=False)) as progress:
+            scan = prune_scan(opts, config, values, log=progress)
     wide_console(200).print(Markdown((Path(out) / "scan.md").read_text()))
     err.print(f"scan: {Path(out) / 'scan.md'}, plot: {Path(out) / 'scan.png'}")
     failed = any(b["status"] == "failed" for p in scan["points"] for b in p["builds"])
@@ -563,6 +718,43 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="print the check
         mark = "[green]✓[/]" if c.present else "[yellow]–[/]"
         table.add_row(mark, c.name, c.needed_for, c.detail, "" if c.present else c.fix)
     wide_console(200).print(table)
+
+
+cache_app = typer.Typer(
+    no_args_is_help=True, help="The conversion cache: builds reused by an unchanged re-run (see --no-cache)."
+)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("info")
+def cache_info() -> None:
+    """Where the cache is, how many builds it holds and their size."""
+    from edgekit.cache import BuildCache, cache_dir, limit_bytes
+
+    root = cache_dir()
+    if root is None:
+        Console().print("the conversion cache is off (EDGEKIT_BUILD_CACHE=off)")
+        return
+    entries = BuildCache(root).entries()
+    size = sum(e[1] for e in entries)
+    Console().print(
+        f"{root}: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {size / 1e6:.1f} MB "
+        f"(least recently used dropped beyond {limit_bytes() / 1e9:g} GB, EDGEKIT_BUILD_CACHE_GB)",
+        highlight=False,
+    )
+
+
+@cache_app.command("clear")
+def cache_clear() -> None:
+    """Remove every cached build (the emulated devices are kept)."""
+    from edgekit.cache import BuildCache, cache_dir
+
+    root = cache_dir()
+    if root is None:
+        Console().print("the conversion cache is off (EDGEKIT_BUILD_CACHE=off): nothing to clear")
+        return
+    count, size = BuildCache(root).clear()
+    Console().print(f"removed {count} cached build(s), {size / 1e6:.1f} MB, from {root}", highlight=False)
 
 
 @app.command()

@@ -28,7 +28,7 @@ class Tolerances:
 
 
 def load_baseline(path: Path) -> dict:
-    """An earlier ``report.json`` (one line naming the problem otherwise)."""
+    """An earlier ``report.json`` or multi-target ``summary.json`` (one line naming the problem otherwise)."""
     regular_file(path, "--baseline")
     try:
         baseline = json.loads(Path(path).read_text())
@@ -83,9 +83,11 @@ def row_regressions(row: dict, base: dict, tol: Tolerances) -> list[str]:
 def against_baseline(report: dict, baseline: dict, source: str, tol: Tolerances) -> dict:
     """Mark regressions in each row's ``budget`` (in place) and return the report's ``baseline`` section."""
     rows = {_key(r): r for r in report["builds"]}
-    missing = []
+    target = report["target"]["name"]
+    mine = [b for b in baseline["builds"] if b.get("target", target) == target]  # a summary holds several
+    missing = [] if mine else [f"the baseline has no build for target {target}: nothing could be compared"]
     compared = 0
-    for base in baseline["builds"]:
+    for base in mine:
         if base.get("status") != "ok":
             continue
         row = rows.get(_key(base))

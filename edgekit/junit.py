@@ -7,7 +7,14 @@ from pathlib import Path
 
 
 def junit_xml(report: dict) -> ET.ElementTree:
-    """The report as a JUnit ``testsuites`` document."""
+    """The report (or a multi-target summary: one suite per target) as a JUnit ``testsuites`` document."""
+    root = ET.Element("testsuites")
+    for one in report.get("reports", [report]):
+        root.append(_suite(one))
+    return ET.ElementTree(root)
+
+
+def _suite(report: dict) -> ET.Element:
     target = report.get("target", {}).get("name", "?")
     suite = ET.Element("testsuite", name=f"edgekit convert ({target})")
     failures = skipped = 0
@@ -48,9 +55,7 @@ def junit_xml(report: dict) -> ET.ElementTree:
     suite.set("failures", str(failures))
     suite.set("errors", "0")
     suite.set("skipped", str(skipped))
-    root = ET.Element("testsuites")
-    root.append(suite)
-    return ET.ElementTree(root)
+    return suite
 
 
 def write_junit(report: dict, path: Path) -> None:

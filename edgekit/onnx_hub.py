@@ -6,6 +6,7 @@ import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,7 +199,13 @@ def x86_without_vnni() -> bool:
 
 
 def quantize_qdq(
-    fp32: Path, out: Path, calib: Dataset, workdir: Path, config: QuantConfig = QuantConfig(), u8u8: bool = False
+    fp32: Path,
+    out: Path,
+    calib: Dataset,
+    workdir: Path,
+    config: QuantConfig = QuantConfig(),
+    u8u8: bool = False,
+    advance: Callable[[int], None] = lambda n: None,
 ) -> Path:
     """Static int8 PTQ with ONNX Runtime: QDQ format, symmetric int8 weights, calibrated activations.
 
@@ -222,6 +229,7 @@ def quantize_qdq(
             if self.i >= len(calib):
                 return None
             self.i += 1
+            advance(1)
             return calib.sample(self.i - 1)
 
     pre = workdir / "model.preprocessed.onnx"

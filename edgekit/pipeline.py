@@ -23,6 +23,7 @@ import numpy as np
 
 from edgekit import onnx_hub
 from edgekit.build_worker import job_to_json
+from edgekit.cache import BuildCache, arrays_digest, cache_dir, data_digest, file_digest, make_key, source_digest
 from edgekit.converters import BACKENDS, BuildContext
 from edgekit.data import (
     Dataset,
@@ -36,6 +37,7 @@ from edgekit.errors import EdgekitError, one_line
 from edgekit.gates import Tolerances, against_baseline, load_baseline
 from edgekit.metrics import compare, finite_metrics, latency_stats
 from edgekit.procs import run as run_process
+from edgekit.progress import Advance, Progress, as_progress
 from edgekit.prune import PruneConfig
 from edgekit.runners import Runner, RunnerError, RunSpec, get_runner, platform_limit
 from edgekit.safety import Staging, check_output_folder, file_or_folder, regular_file
@@ -87,6 +89,9 @@ class ConvertOptions:
     baseline: Path | None = None  # an earlier report.json: regressions against it fail the run (edgekit.gates)
     baseline_tolerances: Tolerances = field(default_factory=Tolerances)
     recipe: dict | None = None  # the recipe file and the options it supplied (recorded in the report)
+    cache: bool = True  # reuse builds of an unchanged conversion (edgekit.cache)
+    recheck: bool = False  # run reused builds on the device again instead of reusing their measurement
+    layer_diff: bool = False  # per-layer error of every lossy build (edgekit.diff), in the report and its plots
 
     def input_paths(self) -> list[Path]:
         """Every file or folder this run reads: ``--out`` must never contain one of them."""
@@ -94,8 +99,7 @@ class ConvertOptions:
         paths = [self.calib, self.eval, self.weights, self.train, self.hls_config, self.baseline]
         if model.endswith(".py") or Path(model).exists():
             paths.append(Path(model))
-        if self.target.endswith(".toml"):
-            paths.append(Path(self.target))
+        paths += [Path(t) for t in self.target.split(",") if t.strip().endswith(".toml")]
         return [Path(p) for p in paths if p is not None]
 
     def validate(self) -> None:
@@ -151,14 +155,18 @@ class ConvertOptions:
 
 
 Log = Callable[[str], None]
+# Relative cost of each step for the overall progress bar and its ETA.
+WEIGHT_STAGE, WEIGHT_CALIBRATION, WEIGHT_FALLBACK, WEIGHT_BUILD, WEIGHT_CHECK = 1, 2, 3, 4, 2
 
 
-def convert(opts: ConvertOptions, log: Log = lambda msg: None) -> dict:
+def convert(opts: ConvertOptions, log: Log | Progress | None = None) -> dict:
     """Run the whole pipeline and return the report (also written to ``opts.out``).
 
+    ``log`` takes progress messages, or is a :class:`~edgekit.progress.Progress` that also draws bars.
     Every check of the user's input happens before any work; ``opts.out`` is replaced only if edgekit
     wrote it (see :mod:`edgekit.safety`), and only once everything else is done.
     """
+    progress = as_progress(log)
     opts.validate()
     target = load_target(opts.target)
     precisions = opts.precisions or target.default_precisions
@@ -171,19 +179,64 @@ def convert(opts: ConvertOptions, log: Log = lambda msg: None) -> dict:
             raise EdgekitError(f"unknown backend '{b}'", f"use one or more of {', '.join(BACKENDS)}")
     out = check_output_folder(opts.out, opts.input_paths())
     runner = get_runner(opts.device or target.runner, target)
+    int8 = "int8" in precisions
+    progress.plan(
+        3 * WEIGHT_STAGE
+        + WEIGHT_CALIBRATION * int8
+        + WEIGHT_FALLBACK * (int8 and opts.budgets.max_accuracy_drop is not None)
+        + (WEIGHT_BUILD + WEIGHT_CHECK) * len(precisions) * len(backends)
+        + WEIGHT_STAGE * opts.layer_diff
+    )
     try:
-        runner.prepare(log)
-        return _convert_on(opts, target, precisions, backends, runner, out, log)
+        runner.prepare(progress)
+        return _convert_on(opts, target, precisions, backends, runner, out, progress)
     finally:
         runner.close()
 
 
+def convert_targets(opts: ConvertOptions, targets: list[str], log: Log | Progress | None = None) -> dict:
+    """Convert for several targets in one run: ``OUT/<target>/`` each as ``convert`` writes it, plus
+    ``OUT/summary.json`` (every report, and all their build rows for ``--baseline``) and ``OUT/summary.md``.
+
+    The whole folder is staged and published at once, like a single conversion's.
+    """
+    progress = as_progress(log)
+    opts.validate()
+    if len(set(targets)) != len(targets) or not targets:
+        raise EdgekitError(f"targets {', '.join(targets)} name one twice (or none)", "name each target once")
+    loaded = [load_target(t) for t in targets]  # every name is checked before any work
+    folders = [t.name if t.name == ref else Path(ref).stem for t, ref in zip(loaded, targets, strict=True)]
+    if len(set(folders)) != len(folders):
+        raise EdgekitError(f"targets {', '.join(targets)} share a folder name", "rename one target file")
+    out = check_output_folder(opts.out, opts.input_paths())
+    reports = []
+    with Staging(out) as staging:
+        root = staging.root / "out"
+        root.mkdir()
+        for ref, folder in zip(targets, folders, strict=True):
+            progress(f"target {ref}")
+            reports.append(convert(replace(opts, target=ref, out=root / folder), progress))
+        summary = {
+            "edgekit_version": _version(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "targets": [{"target": r["target"]["name"], "folder": f} for r, f in zip(reports, folders, strict=True)],
+            "builds": [row for r in reports for row in r["builds"]],
+            "reports": reports,
+        }
+        summary = _final_paths(summary, {str(root): str(out)})
+        from edgekit.report import write_summary
+
+        write_summary(summary, root)
+        staging.publish(root)
+    return summary
+
+
 def _convert_on(
-    opts: ConvertOptions, target: Target, precisions, backends, runner: Runner, out: Path, log: Log
+    opts: ConvertOptions, target: Target, precisions, backends, runner: Runner, out: Path, log: Progress
 ) -> dict:
     """Load, check the data, then build and check everything in a staging folder published at the end."""
-    log(f"loading {opts.model}")
-    source = load_model(opts.model, opts.weights, trust=opts.trust_model)
+    with log.step(f"loading {opts.model}", WEIGHT_STAGE):
+        source = load_model(opts.model, opts.weights, trust=opts.trust_model)
     if opts.prune is not None and source.framework != "pytorch":
         raise EdgekitError(
             f"--prune needs a PyTorch nn.Module; '{opts.model}' is a {source.framework} model",
@@ -203,6 +256,9 @@ def _convert_on(
         scratch = staging.root
         data = (calib, evalset, train)
         report = _run(opts, target, precisions, backends, runner, source, data, specs, scratch, out, log)
+        if log.library_log is not None:
+            (scratch / "out" / "logs").mkdir(exist_ok=True)
+            shutil.copyfile(log.library_log, scratch / "out" / "logs" / "libraries.log")
         staging.publish(scratch / "out")
     return report
 
@@ -283,7 +339,9 @@ def _specs_from_data(data: Dataset, source: SourceModel) -> list[TensorSpec]:
     return specs
 
 
-def _measure_original(source: SourceModel, evalset: Dataset, opts: ConvertOptions) -> tuple[list[np.ndarray], dict]:
+def _measure_original(
+    source: SourceModel, evalset: Dataset, opts: ConvertOptions, advance: Advance
+) -> tuple[list[np.ndarray], dict]:
     if source.is_torch:
         import torch
 
@@ -292,15 +350,20 @@ def _measure_original(source: SourceModel, evalset: Dataset, opts: ConvertOption
     feeds = [evalset.sample(i) for i in range(len(evalset))]
     try:
         t0 = time.perf_counter()
-        outs = [run(f) for f in feeds]
+        outs = []
+        for f in feeds:
+            outs.append(run(f))
+            advance(1)
         first_ms = (time.perf_counter() - t0) * 1e3 / len(feeds)
         for i in range(opts.warmup):
             run(feeds[i % len(feeds)])
+            advance(1)
         times = []
         for i in range(opts.runs):
             t0 = time.perf_counter_ns()
             run(feeds[i % len(feeds)])
             times.append((time.perf_counter_ns() - t0) / 1e6)
+            advance(1)
     except (Exception, SystemExit) as exc:
         raise EdgekitError(
             f"the original model fails on the given inputs ({one_line(exc, 200)})",
@@ -321,6 +384,7 @@ def _measure_original(source: SourceModel, evalset: Dataset, opts: ConvertOption
         "location": source.location,
         "size_bytes": source.size_bytes,
         "latency_ms": latency_stats(times),
+        "latencies_ms": [round(t, 4) for t in times],
         "mean_inference_ms_first_pass": first_ms,
         "device": "host",
         "threads": opts.threads,
@@ -339,17 +403,24 @@ def _run(
     specs: list[TensorSpec],
     scratch: Path,
     out: Path,
-    log: Log,
+    log: Progress,
 ) -> dict:
     calib, evalset, train = data
     staged = scratch / "out"
     (staged / "onnx").mkdir(parents=True)
-    log("measuring the original model")
-    reference, original = _measure_original(source, evalset, opts)
+    with log.step("measuring the original model", WEIGHT_STAGE, len(evalset) + opts.warmup + opts.runs) as advance:
+        reference, original = _measure_original(source, evalset, opts, advance)
     own = compare(reference, reference, evalset.labels).get("task_metric")
     if own is not None:
         original["task_metric"] = {"name": own["name"], "value": own["original"]}
-    complexity = _complexity(source, specs, calib)
+    store = BuildCache(cache_dir() if opts.cache else None)
+    onnx_fp32 = staged / "onnx" / "model.onnx"
+    export_key = None
+    if store.enabled and opts.prune is None:
+        parts = {"source": source_digest(source), "inputs": [s.to_json() for s in specs], "model": opts.model}
+        export_key = make_key("export", parts)
+    exported_before = export_key and store.get(export_key, scratch / f"cached_{export_key}")
+    complexity = exported_before["complexity"] if exported_before else _complexity(source, specs, calib)
     original.update(complexity)
 
     pruning, exported, exported_reference = None, source, reference
@@ -358,36 +429,41 @@ def _run(
         exported_reference = _outputs(exported.as_function(), evalset)
         complexity = {"macs": pruning["macs_after"], "params": pruning["params_after"]}
 
-    log("exporting to ONNX and checking it against the " + ("pruned model" if pruning else "original"))
-    onnx_fp32 = onnx_hub.export_onnx(exported, specs, staged / "onnx" / "model.onnx")
-    out_specs = onnx_hub.onnx_output_specs(onnx_fp32)
-    if not complexity:  # sources the framework counters cannot follow are counted on the exported graph
-        complexity = _onnx_complexity(onnx_fp32, specs)
-        original.update(complexity)
-    onnx_check = _check_onnx(onnx_fp32, evalset, exported_reference)
+    what = "pruned model" if pruning else "original"
+    with log.step(f"exporting to ONNX and checking it against the {what}", WEIGHT_STAGE):
+        onnx_check = None
+        if exported_before:  # the cached export is used only if it still matches the model's outputs
+            shutil.copyfile(scratch / f"cached_{export_key}" / onnx_fp32.name, onnx_fp32)
+            with contextlib.suppress(EdgekitError):
+                onnx_check = _check_onnx(onnx_fp32, evalset, exported_reference)
+                log("ONNX export reused from the cache (checked against the original)")
+        if onnx_check is None:
+            onnx_hub.export_onnx(exported, specs, onnx_fp32)
+            if not complexity:  # sources the framework counters cannot follow are counted on the exported graph
+                complexity = _onnx_complexity(onnx_fp32, specs)
+                original.update(complexity)
+            onnx_check = _check_onnx(onnx_fp32, evalset, exported_reference)
+            if export_key:
+                store.put(export_key, onnx_fp32, {"kind": "export", "complexity": complexity})
+        out_specs = onnx_hub.onnx_output_specs(onnx_fp32)
 
+    calib_digest = data_digest(calib)
     onnx_qdq, qdq_error, fallback = None, None, None
     budget = opts.budgets.max_accuracy_drop
     mode = onnx_hub.int8_mode(onnx_fp32, specs, opts.quant)
-    if "int8" in precisions and ({"onnxruntime", "tvm"} & set(backends) or budget is not None):
-        try:
-            if mode == "dynamic":
-                log("quantizing to dynamic int8 (MatMul model with token inputs)")
-                onnx_qdq = onnx_hub.quantize_dynamic_int8(
-                    onnx_fp32, staged / "onnx" / "model_int8_dynamic.onnx", opts.quant, scratch
-                )
-            else:
-                log(f"quantizing to int8 (QDQ, {opts.quant.describe()}) with the calibration set")
-                onnx_qdq = onnx_hub.quantize_qdq(
-                    onnx_fp32, staged / "onnx" / "model_int8_qdq.onnx", calib, scratch, opts.quant
-                )
-        except Exception as exc:
-            qdq_error = f"ONNX Runtime {mode} quantization failed: {one_line(exc)}"
-    if onnx_qdq is not None and budget is not None:
-        if mode == "dynamic":
-            log("accuracy fallback skipped: it works on static (QDQ) graphs; the budget still gates the run")
+    if "int8" in precisions:
+        if {"onnxruntime", "tvm"} & set(backends) or budget is not None:
+            shared = (store, calib_digest, scratch)
+            onnx_qdq, qdq_error = _shared_int8_graph(onnx_fp32, staged / "onnx", calib, opts.quant, mode, shared, log)
         else:
-            fallback = _accuracy_fallback(onnx_fp32, onnx_qdq, calib, budget, log)
+            log.done(WEIGHT_CALIBRATION)
+        if onnx_qdq is not None and budget is not None and mode != "dynamic":
+            with log.step("accuracy fallback: finding the int8-sensitive layers", WEIGHT_FALLBACK):
+                fallback = _accuracy_fallback(onnx_fp32, onnx_qdq, calib, budget, log, (store, calib_digest, scratch))
+        elif budget is not None:
+            if onnx_qdq is not None:
+                log("accuracy fallback skipped: it works on static (QDQ) graphs; the budget still gates the run")
+            log.done(WEIGHT_FALLBACK)
 
     calib_npz, eval_npz = scratch / "calib.npz", scratch / "eval_inputs.npz"
     np.savez(calib_npz, **calib.inputs)
@@ -414,14 +490,22 @@ def _run(
         _save_torch(exported, scratch) if set(backends) & {"coreml", "hls4ml"} else None,
         mode,
         _save_tf(source, scratch) if "tflite" in backends and source.is_tf else None,
+        store,
+        {"calib": calib_digest, "tf_source": file_digest(Path(opts.model)) if source.is_tf else None},
+        {"eval": data_digest(evalset), "reference": arrays_digest([*reference, *_labels(evalset)])},
+        log,
     )
     builds = []
     for precision in precisions:
         for backend in backends:
-            log(f"building {backend} {precision}")
             row = _build_and_check(run, backend, precision)
             builds.append(row)
-            log(f"{backend} {precision}: {row['status']}" + (f" ({row['reason']})" if row.get("reason") else ""))
+            reason = f" ({row['reason']})" if row.get("reason") else ""
+            log(f"{backend} {precision}: {row['status']}{_reused(row)}{reason}")
+    layer_diffs = None
+    if opts.layer_diff:
+        with log.step("per-layer error of the lossy builds (edgekit diff)", WEIGHT_STAGE):
+            layer_diffs = _layer_diffs(onnx_fp32, staged, builds, evalset)
     report = {
         "edgekit_version": _version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -445,6 +529,7 @@ def _run(
             "backends": list(backends),
             "quantization": {**asdict(opts.quant), "int8_mode": mode},
             "recipe": opts.recipe,
+            "cache": str(store.root) if store.enabled else "off",
         },
         "original": original,
         "onnx": {
@@ -455,6 +540,7 @@ def _run(
         "pruning": pruning,
         "accuracy_fallback": fallback,
         "builds": builds,
+        "layer_diff": layer_diffs,
         "not_verified": _not_verified(target, runner, backends),
     }
     from edgekit.report import write_report
@@ -465,6 +551,40 @@ def _run(
     report = _final_paths(report, {str(staged): str(out), str(scratch): "(edgekit's work folder)"})
     write_report(report, staged)
     return report
+
+
+def _reused(row: dict) -> str:
+    c = row.get("cache") or {}
+    parts = [what for what, hit in (("build", c.get("reused")), ("measurement", c.get("measured_at"))) if hit]
+    return f" ({' and '.join(parts)} reused from the cache)" if parts else ""
+
+
+def _labels(data: Dataset) -> list[np.ndarray]:
+    return [] if data.labels is None else [data.labels]
+
+
+def _layer_diffs(onnx_fp32: Path, staged: Path, builds: list[dict], evalset: Dataset) -> dict:
+    """``edgekit diff`` of every checked int8/fp16 build it supports, on the first held-out sample."""
+    from edgekit import diff
+
+    found = {}
+    for row in builds:
+        name = f"{row['backend']}_{row.get('requested_precision', row['precision'])}"
+        if row["status"] != "ok" or row["backend"] not in diff.SUPPORTED or row["precision"] == "fp32":
+            continue
+        try:
+            result = diff.layer_diff(onnx_fp32, staged / name, evalset.sample(0))
+        except Exception as exc:  # the per-layer view is an aid: the build itself was checked
+            found[name] = {"backend": row["backend"], "error": one_line(exc)}
+            continue
+
+        def finite(r: dict) -> dict:  # an exact layer has infinite SNR: null in JSON
+            return {k: r[k] if k != "snr_db" or np.isfinite(r[k]) else None for k in ("node", "op", "cosine", "snr_db")}
+
+        rows = [finite(r) for r in result["rows"]]
+        jumps = {k: result[k] and finite(result[k]) for k in ("first_jump", "largest_jump")}
+        found[name] = {"backend": row["backend"], "compared_through": result["compared_through"], "rows": rows, **jumps}
+    return found
 
 
 def _final_paths(value, mapping: dict[str, str]):
@@ -595,13 +715,48 @@ def _prune(
     return pruned, info
 
 
-def _accuracy_fallback(fp32: Path, qdq: Path, calib: Dataset, budget: float, log: Log) -> dict:
+def _shared_int8_graph(
+    fp32: Path, folder: Path, calib: Dataset, quant: onnx_hub.QuantConfig, mode: str, shared: tuple, log: Progress
+) -> tuple[Path | None, str | None]:
+    """ORT's int8 graph that ONNX Runtime and TVM build from (and the fallback searches): (path, error)."""
+    store, calib_digest, scratch = shared
+    name = "model_int8_dynamic.onnx" if mode == "dynamic" else "model_int8_qdq.onnx"
+    parts = {"onnx": file_digest(fp32), "calib": calib_digest, "quant": asdict(quant), "mode": mode}
+    key = make_key("int8-graph", parts)
+    what = "dynamic int8 (MatMul model with token inputs)" if mode == "dynamic" else f"int8 (QDQ, {quant.describe()})"
+    with log.step(f"quantizing to {what} with the calibration set", WEIGHT_CALIBRATION, len(calib)) as advance:
+        if store.get(key, scratch / f"cached_{key}") is not None:
+            log("int8 graph reused from the cache")
+            return Path(shutil.copyfile(scratch / f"cached_{key}" / name, folder / name)), None
+        try:
+            if mode == "dynamic":
+                graph = onnx_hub.quantize_dynamic_int8(fp32, folder / name, quant, scratch)
+            else:
+                graph = onnx_hub.quantize_qdq(fp32, folder / name, calib, scratch, quant, advance=advance)
+        except Exception as exc:
+            return None, f"ONNX Runtime {mode} quantization failed: {one_line(exc)}"
+        store.put(key, graph, {"kind": "int8-graph"})
+        return graph, None
+
+
+def _accuracy_fallback(
+    fp32: Path, qdq: Path, calib: Dataset, budget: float, log: Log, cached: tuple[BuildCache, str, Path]
+) -> dict:
     """Keep the most int8-sensitive layers in float (chosen on calibration data) and rewrite the QDQ graph."""
     import onnx
 
-    from edgekit.fallback import find_fallback, float_nodes
+    from edgekit.fallback import FallbackResult, find_fallback, float_nodes
 
-    result = find_fallback(fp32, qdq, calib, budget, log)
+    store, calib_digest, scratch = cached
+    parts = {"onnx": file_digest(fp32), "qdq": file_digest(qdq), "calib": calib_digest, "budget": budget}
+    key = make_key("fallback", parts)
+    entry = store.get(key, scratch / f"cached_{key}")
+    if entry is not None:
+        log("accuracy fallback reused from the cache")
+        result = FallbackResult(**entry["result"])
+    else:
+        result = find_fallback(fp32, qdq, calib, budget, log)
+        store.put(key, None, {"kind": "fallback", "result": asdict(result)})
     if result.kept_float:
         onnx.save(float_nodes(onnx.load(str(qdq)), set(result.kept_float)), str(qdq))
         log(f"accuracy fallback: {len(result.kept_float)} layer(s) kept in float")
@@ -664,16 +819,20 @@ class _BuildRun:
     torch_model: Path | None  # that model pickled, for converters that start from PyTorch (Core ML, hls4ml)
     int8_mode: str  # static | dynamic
     tf_model: Path | None  # a TensorFlow source as a SavedModel folder or .tflite, for TFLite's own converter
+    cache: BuildCache
+    digests: dict  # content hashes of the calibration data and of a TensorFlow source (build cache keys)
+    check_digests: dict  # of the held-out data and the original's outputs on it (measurement cache keys)
+    progress: Progress
 
 
 def _build_and_check(run: _BuildRun, backend: str, precision: str) -> dict:
     """Build one backend × precision in a worker process, run it on the device, compare it with the original."""
-    name, opts, runner = f"{backend}_{precision}", run.opts, run.runner
+    name, opts = f"{backend}_{precision}", run.opts
     row: dict = {
         "backend": backend,
         "precision": precision,
         "target": run.target.name,
-        "device": runner.label(),
+        "device": run.runner.label(),
         "status": "failed",
         "artifacts": [],
         "size_bytes": None,
@@ -688,6 +847,7 @@ def _build_and_check(run: _BuildRun, backend: str, precision: str) -> dict:
         return row
 
     if precision == "int8" and backend in ("onnxruntime", "tvm") and run.onnx_qdq is None:
+        run.progress.done(WEIGHT_BUILD + WEIGHT_CHECK)
         return unbuilt("failed", run.qdq_error or "no int8 QDQ graph")
     ctx = BuildContext(
         onnx_fp32=run.onnx_fp32,
@@ -706,22 +866,74 @@ def _build_and_check(run: _BuildRun, backend: str, precision: str) -> dict:
         quant=opts.quant,
         int8_mode=run.int8_mode,
     )
-    job = run.scratch / f"job_{name}.json"
-    job.write_text(json.dumps(job_to_json(backend, ctx, run.calib_npz, opts.target)))
+    key = _build_key(run, ctx)
     t0 = time.perf_counter()
-    try:
-        proc = run_process([sys.executable, "-m", "edgekit.build_worker", str(job)], timeout=opts.timeout_s)
-    except subprocess.TimeoutExpired:
-        return unbuilt("failed", f"conversion timed out after {opts.timeout_s:.0f} s")
+    with run.progress.step(f"building {backend} {precision}", WEIGHT_BUILD):
+        entry = run.cache.get(key, out_dir)
+        if entry is not None:
+            result = entry["result"]
+            row["cache"] = {"reused": True, "first_build_s": entry["build_s"]}
+        else:
+            result = _build_in_worker(run, backend, ctx)
     row["build_s"] = round(time.perf_counter() - t0, 2)
+    if result["status"] != "ok":
+        run.progress.done(WEIGHT_CHECK)
+        return unbuilt(result["status"], result["reason"])
+    if entry is None:
+        run.cache.put(key, out_dir, {"kind": "build", "result": result, "build_s": row["build_s"]})
+    with run.progress.step(f"checking {backend} {precision} on {run.runner.label()}", WEIGHT_CHECK):
+        return _check_build(run, backend, result["build"], row)
+
+
+def _build_key(run: _BuildRun, ctx: BuildContext) -> str:
+    """Everything a build depends on (see :mod:`edgekit.cache`)."""
+    graphs = {"fp32": file_digest(ctx.onnx_fp32)}
+    if ctx.precision == "int8" and ctx.onnx_qdq is not None:
+        graphs["int8"] = file_digest(ctx.onnx_qdq)
+    parts = {
+        "graphs": graphs,
+        "precision": ctx.precision,
+        "target": asdict(ctx.target),
+        "inputs": [s.to_json() for s in ctx.inputs],
+        "outputs": [s.to_json() for s in ctx.outputs],
+        "float_nodes": list(ctx.float_nodes),
+        "options": ctx.options,
+        "quant": asdict(ctx.quant),
+        "int8_mode": ctx.int8_mode,
+        "torch_model": ctx.torch_model is not None,
+        **run.digests,
+    }
+    return make_key(f"build:{ctx.out_dir.name}", parts)
+
+
+def _build_in_worker(run: _BuildRun, backend: str, ctx: BuildContext) -> dict:
+    """Run one converter in its own process; its output goes to ``logs/BUILD.log`` in the output folder."""
+    name = ctx.out_dir.name
+    job = run.scratch / f"job_{name}.json"
+    job.write_text(json.dumps(job_to_json(backend, ctx, run.calib_npz, run.opts.target)))
+    timeout = run.opts.timeout_s
+    try:
+        proc = run_process([sys.executable, "-m", "edgekit.build_worker", str(job)], timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"status": "failed", "reason": f"conversion timed out after {timeout:.0f} s"}
+    logs = run.staged / "logs"
+    logs.mkdir(exist_ok=True)
+    (logs / f"{name}.log").write_text(proc.stdout + proc.stderr)
+    if run.progress.verbose:
+        run.progress(f"{name} converter output:\n{proc.stdout}{proc.stderr}".rstrip())
     result_path = job.with_suffix(".result.json")
     if not result_path.exists():
         tail = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1:] or [f"exit code {proc.returncode}"]
-        return unbuilt("failed", f"converter crashed: {tail[0][:200]}")
-    result = json.loads(result_path.read_text())
-    if result["status"] != "ok":
-        return unbuilt(result["status"], result["reason"])
-    build = result["build"]
+        return {"status": "failed", "reason": f"converter crashed: {tail[0][:200]}"}
+    return json.loads(result_path.read_text())
+
+
+def _check_build(run: _BuildRun, backend: str, build: dict, row: dict) -> dict:
+    """Measure a finished build: size, then outputs and latency on the device (or, for an unchanged build
+    on the same device, data and settings, the cached measurement unless ``--recheck``), then the budgets."""
+    opts, runner, precision = run.opts, run.runner, row["precision"]
+    name = f"{backend}_{precision}"
+    out_dir = run.staged / name
     row.update(
         precision=build["precision"],
         requested_precision=precision,
@@ -739,20 +951,48 @@ def _build_and_check(run: _BuildRun, backend: str, precision: str) -> dict:
         row.update(status="skipped", device="not run", reason=f"built, not run: {not_runnable}")
         return row
     warmup, runs = runner.repetitions(opts.warmup, opts.runs)
-    spec = RunSpec(warmup=warmup, runs=runs, threads=opts.threads, timeout=opts.timeout_s)
+    device = {"device": [runner.label(), runner.describe()], "repetitions": [warmup, runs, opts.threads]}
+    check_key = make_key("check", {"artifacts": file_digest(out_dir), **run.check_digests, **device})
+    entry = None if opts.recheck else run.cache.get(check_key, run.scratch / f"cached_{check_key}")
+    if entry is not None:
+        row.update(entry["measured"])
+        row.setdefault("cache", {})["measured_at"] = entry["measured_at"]
+    else:
+        if not _measure(run, backend, build, row, RunSpec(warmup, runs, opts.threads, opts.timeout_s)):
+            return row
+        measured = {k: row[k] for k in MEASURED if k in row}
+        run.cache.put(check_key, None, {"measured": measured, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    row["status"] = "ok"
+    row["budget"] = _check_budgets(row, opts.budgets)
+    return row
+
+
+# What a device check adds to a row (kept in the cache with the build it measured).
+MEASURED = (
+    "accuracy", "latency_ms", "latencies_ms", "latency_kind", "load_s", "first_inference_ms", "peak_rss_mb",
+    "runtime", "threads", "runs", "warmup", "device_facts", "runtime_precisions", "benchmark_model",
+    "speedup_vs_original", "executed", "notes",
+)  # fmt: skip
+
+
+def _measure(run: _BuildRun, backend: str, build: dict, row: dict, spec: RunSpec) -> bool:
+    """Run the build on the device and compare it with the original; False (with the reason) if that fails."""
+    runner, name = run.runner, f"{backend}_{row['requested_precision']}"
+    out_dir = run.staged / name
     try:
         measured = runner.run(out_dir, run.eval_npz, run.scratch / f"run_{name}", spec)
         row["accuracy"] = compare(run.reference, measured.outputs, run.evalset.labels)
     except (RunnerError, ValueError) as exc:
         row["reason"] = f"built, but the check failed: {one_line(exc)}"
-        return row
+        return False
     if not finite_metrics(row["accuracy"]):
         bad = row["accuracy"].get("non_finite_outputs", 0)
         row["reason"] = f"the build's outputs contain {bad} NaN/inf value(s); its accuracy cannot be trusted"
-        return row
+        return False
     info = measured.info
     row.update(
         latency_ms=latency_stats(info["latencies_ms"]),
+        latencies_ms=[round(t, 4) for t in info["latencies_ms"]],
         latency_kind="simulated" if backend == "hls4ml" else ("emulated" if runner.emulated else "measured"),
         load_s=info["load_s"],
         first_inference_ms=info["first_inference_ms"],
@@ -776,9 +1016,7 @@ def _build_and_check(run: _BuildRun, backend: str, precision: str) -> dict:
                 f"silent float fallback: only {e['int8_compute_layers']} of "
                 f"{e['int8_compute_layers'] + e['float_compute_layers']} compute layers run in int8 ({e['source']})"
             )
-    row["status"] = "ok"
-    row["budget"] = _check_budgets(row, opts.budgets)
-    return row
+    return True
 
 
 def _executed(run: _BuildRun, backend: str, out_dir: Path, build: dict, row: dict) -> dict:

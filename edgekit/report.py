@@ -117,6 +117,11 @@ def markdown(report: dict) -> str:
             bits.append(f"{r['params']:,} parameters")
         if r.get("quantization"):
             bits.append(r["quantization"])
+        cache = r.get("cache") or {}
+        if cache.get("reused"):
+            bits.append(f"build reused from the cache (first built in {cache['first_build_s']:.1f} s)")
+        if cache.get("measured_at"):
+            bits.append(f"measurement reused from the cache (measured {cache['measured_at']}; --recheck runs it again)")
         bits += r.get("notes", [])
         e = r.get("executed") or {}
         if "int8_share" in e:
@@ -149,6 +154,9 @@ def markdown(report: dict) -> str:
             f"Layers kept in float: {kept}.",
             "",
         ]
+    diffs = report.get("layer_diff") or {}
+    if diffs:
+        lines += ["## Per-layer error", "", *_layer_lines(diffs), ""]
     base = report.get("baseline")
     if base:
         verdict = "passed" if base["passed"] else "FAILED: " + "; ".join(base["violations"])
@@ -162,6 +170,25 @@ def markdown(report: dict) -> str:
     if report["not_verified"]:
         lines += ["## Not verified", "", *[f"- {n}" for n in report["not_verified"]], ""]
     return "\n".join(lines)
+
+
+def _layer_lines(diffs: dict) -> list[str]:
+    lines = []
+    for name, d in diffs.items():
+        if "error" in d:
+            lines.append(f"- **{name}**: not compared ({d['error']})")
+            continue
+        jump, worst = d.get("first_jump"), d.get("largest_jump")
+
+        def layer(r: dict) -> str:
+            snr = "exact" if r["snr_db"] is None else f"SNR {r['snr_db']:.1f} dB"
+            return f"`{r['node']}` ({r['op']}, {snr})"
+
+        where = f"first layer whose error jumps: {layer(jump)}" if jump else "no layer loses ≥ 6 dB on its own"
+        if worst and worst != jump:
+            where += f"; largest jump: {layer(worst)}"
+        lines.append(f"- **{name}** ({len(d['rows'])} layers, {d['compared_through']}): {where}")
+    return [*lines, "", "First held-out sample; `edgekit diff` shows every layer."]
 
 
 def _pruning_lines(p: dict) -> list[str]:
@@ -201,8 +228,37 @@ def _pruning_lines(p: dict) -> list[str]:
 
 
 def write_report(report: dict, folder: Path) -> None:
+    """report.json, report.md and the self-contained report.html with plots."""
+    from edgekit.html_report import render
+
+    text = markdown(report)
     (folder / "report.json").write_text(json.dumps(report, indent=2))
-    (folder / "report.md").write_text(markdown(report))
+    (folder / "report.md").write_text(text)
+    (folder / "report.html").write_text(render(report, text), encoding="utf-8")
+
+
+def summary_markdown(summary: dict) -> str:
+    """Every target's builds in one table (each target's own report has the details)."""
+    cols = ("target", "backend", "precision", "device", "size", "cosine", "top-1 agr.", "p50 ms", "status")
+    lines = [
+        "# edgekit summary — " + ", ".join(t["target"] for t in summary["targets"]),
+        "",
+        "Each target's report: " + ", ".join(f"[{t['folder']}]({t['folder']}/report.md)" for t in summary["targets"]),
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+    ]
+    for report in summary["reports"]:
+        for row in report["builds"]:
+            cells = _cells(row)
+            keep = [cells[COLUMNS.index(c)] for c in cols[1:]]
+            lines.append(f"| {report['target']['name']} | " + " | ".join(keep) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(summary: dict, folder: Path) -> None:
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+    (folder / "summary.md").write_text(summary_markdown(summary))
 
 
 def wide_console(width: int = 160) -> Console:
@@ -239,7 +295,12 @@ def print_table(report: dict, console: Console | None = None) -> None:
 
 
 def exit_code(report: dict) -> int:
-    """0 when every build is ok, within budget and no worse than the baseline, 1 otherwise (skipped builds pass)."""
+    """0 when every build is ok, within budget and no worse than the baseline, 1 otherwise (skipped builds pass).
+
+    A multi-target summary passes when every target's report does.
+    """
+    if "reports" in report:
+        return max((exit_code(r) for r in report["reports"]), default=0)
     if not (report.get("baseline") or {}).get("passed", True):
         return 1
     for row in report["builds"]:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The edgekit export step for CI: convert, check every build against the original, gate on budgets and on
-# the last accepted report, and leave report.{json,md} + JUnit XML for the CI system to publish.
+# the last accepted report, and leave report.{json,md,html} + JUnit XML for the CI system to publish.
 #
 # Environment (defaults in brackets):
 #   EDGEKIT_MODEL      the model (file or module:callable)                           [required]

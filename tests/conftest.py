@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from edgekit import ConvertOptions
 from edgekit.models.small_cnn import train_small_cnn
 
 N_TRAIN = 1300
+# Every test builds for real; the conversion cache is tested on its own (tests/test_cache.py).
+os.environ["EDGEKIT_BUILD_CACHE"] = "off"
 
 
 @pytest.fixture(scope="session")
