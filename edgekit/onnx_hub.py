@@ -37,8 +37,29 @@ def export_onnx(source: SourceModel, specs: list[TensorSpec], out: Path) -> Path
         model = slim if slim is not None else model
     except Exception as exc:  # onnxslim is an optimisation: keep the unsimplified graph
         logging.getLogger("edgekit").warning("onnxslim failed (%s); keeping the exported graph", exc)
-    onnx.save(model, str(out))
+    onnx.save(_at_least_opset(model), str(out))
     return out
+
+
+MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (their ``axis``) need opset 13
+
+
+def _at_least_opset(model, version: int = MIN_OPSET):
+    """The graph converted to opset ``version`` when it is older (e.g. opset-11 detectors): int8 graphs built
+    from an older one are invalid. The conversion is checked against the original like any export."""
+    import onnx
+    from onnx import version_converter
+
+    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), version)
+    if current >= version:
+        return model
+    try:
+        converted = version_converter.convert_version(model, version)
+        onnx.checker.check_model(converted)
+    except Exception as exc:  # an op the converter cannot lift: keep the graph (int8 rows then say why)
+        logging.getLogger("edgekit").warning("cannot convert opset %d to %d (%s)", current, version, exc)
+        return model
+    return converted
 
 
 def _fix_input_shapes(model, specs: list[TensorSpec]):

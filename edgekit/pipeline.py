@@ -39,6 +39,7 @@ from edgekit.metrics import compare, finite_metrics, latency_stats
 from edgekit.procs import run as run_process
 from edgekit.progress import Advance, Progress, as_progress
 from edgekit.prune import PruneConfig
+from edgekit.recommend import flag_degraded, recommend
 from edgekit.runners import Runner, RunnerError, RunSpec, get_runner, platform_limit
 from edgekit.safety import Staging, check_output_folder, file_or_folder, regular_file
 from edgekit.source import MODEL_SUFFIXES, SourceModel, load_model
@@ -502,6 +503,7 @@ def _run(
             builds.append(row)
             reason = f" ({row['reason']})" if row.get("reason") else ""
             log(f"{backend} {precision}: {row['status']}{_reused(row)}{reason}")
+    flag_degraded(builds)
     layer_diffs = None
     if opts.layer_diff:
         with log.step("per-layer error of the lossy builds (edgekit diff)", WEIGHT_STAGE):
@@ -548,6 +550,8 @@ def _run(
     if opts.baseline is not None:
         tol = opts.baseline_tolerances
         report["baseline"] = against_baseline(report, load_baseline(opts.baseline), str(opts.baseline), tol)
+    budgeted = any(v is not None for v in asdict(opts.budgets).values()) or opts.baseline is not None
+    report["recommendation"] = recommend(builds, budgeted)
     report = _final_paths(report, {str(staged): str(out), str(scratch): "(edgekit's work folder)"})
     write_report(report, staged)
     return report
@@ -1057,8 +1061,10 @@ def _check_budgets(row: dict, budgets: Budgets) -> dict:
         # Points of task accuracy when labels are given, else points of top-1 agreement (or of cosine).
         if task is not None:
             drop, what = (task["original"] - task["build"]) * 100, "accuracy"
-        else:
-            drop, what = (1.0 - acc.get("top1_agreement", acc["cosine"])) * 100, "agreement"
+        elif "top1_agreement" in acc:
+            drop, what = (1.0 - acc["top1_agreement"]) * 100, "top-1 agreement"
+        else:  # no class output: points of output cosine (× 100), never called an agreement
+            drop, what = (1.0 - acc["cosine"]) * 100, "output cosine"
         if not drop <= budgets.max_accuracy_drop:
             violations.append(f"{what} drop {drop:.2f} pt > {budgets.max_accuracy_drop} pt")
     if budgets.max_size_mb is not None and not (row.get("size_bytes") or 0) / 1e6 <= budgets.max_size_mb:

@@ -131,6 +131,8 @@ def markdown(report: dict) -> str:
             )
         if r.get("runtime_precisions"):
             bits.append(f"layers by runtime precision: {r['runtime_precisions']}")
+        if r.get("degraded"):
+            bits.append("DEGRADED: " + "; ".join(r["degraded"]))
         if r.get("budget", {}).get("violations"):
             bits.append("budget: " + "; ".join(r["budget"]["violations"]))
         if r.get("artifacts"):
@@ -169,6 +171,8 @@ def markdown(report: dict) -> str:
         ]
     if report["not_verified"]:
         lines += ["## Not verified", "", *[f"- {n}" for n in report["not_verified"]], ""]
+    if report.get("recommendation"):
+        lines += ["## Recommendation", "", *report["recommendation"]["lines"], ""]
     return "\n".join(lines)
 
 
@@ -284,6 +288,8 @@ def print_table(report: dict, console: Console | None = None) -> None:
     for row in report["builds"]:
         if row.get("reason"):
             console.print(f"[bold]{row['backend']} {row['precision']}[/]: {row['reason']}")
+        if row.get("degraded"):
+            console.print(f"[yellow]{row['backend']} {row['precision']}: degraded[/] — " + "; ".join(row["degraded"]))
         e = row.get("executed") or {}
         if e.get("mostly_float"):
             console.print(
@@ -292,6 +298,8 @@ def print_table(report: dict, console: Console | None = None) -> None:
             )
     for note in report["not_verified"]:
         console.print(f"[yellow]not verified:[/] {note}")
+    for line in (report.get("recommendation") or {}).get("lines", []):
+        console.print(f"[bold]recommendation:[/] {line.replace('**', '')}", highlight=False)
 
 
 def exit_code(report: dict) -> int:
