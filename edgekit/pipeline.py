@@ -965,7 +965,8 @@ def _check_build(run: _BuildRun, backend: str, build: dict, row: dict) -> dict:
         if not _measure(run, backend, build, row, RunSpec(warmup, runs, opts.threads, opts.timeout_s)):
             return row
         measured = {k: row[k] for k in MEASURED if k in row}
-        run.cache.put(check_key, None, {"measured": measured, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        when = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        run.cache.put(check_key, None, {"kind": "measurement", "measured": measured, "measured_at": when})
     row["status"] = "ok"
     row["budget"] = _check_budgets(row, opts.budgets)
     return row
