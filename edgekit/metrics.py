@@ -56,6 +56,7 @@ def compare(reference: list[np.ndarray], produced: list[np.ndarray], labels: np.
         result["per_output"] = per_output
     if is_classifier(reference[0]):
         result["top1_agreement"] = float((reference[0].argmax(1) == produced[0].argmax(1)).mean())
+        result.update(_beyond_top1(reference[0], produced[0]))
         if labels is not None:
             result["task_metric"] = {
                 "name": "top1_accuracy",
@@ -63,6 +64,37 @@ def compare(reference: list[np.ndarray], produced: list[np.ndarray], labels: np.
                 "build": float((produced[0].argmax(1) == labels).mean()),
             }
     return result
+
+
+CONFIDENT = 0.5  # the original's top-1 probability from which a sample counts as confident
+
+
+def _probabilities(scores: np.ndarray) -> np.ndarray:
+    """Class probabilities: the output itself when it already is one (rows ≥ 0 summing to 1), else its softmax."""
+    scores = scores.astype(np.float64)
+    if (scores >= 0).all() and np.allclose(scores.sum(1), 1.0, atol=1e-3):
+        return scores
+    e = np.exp(scores - scores.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def _beyond_top1(reference: np.ndarray, produced: np.ndarray) -> dict:
+    """Agreement where the original is confident (near-ties make plain agreement noisy), and whether the
+    original's top-1 class is still among the build's top 5."""
+    top1 = reference.argmax(1)
+    confident = _probabilities(reference).max(1) >= CONFIDENT
+    agree = top1 == produced.argmax(1)
+    found = {
+        "confident": {
+            "threshold": CONFIDENT,
+            "samples": int(confident.sum()),
+            "top1_agreement": float(agree[confident].mean()) if confident.any() else None,
+        }
+    }
+    if reference.shape[1] > 5:
+        top5 = np.argsort(-produced, axis=1)[:, :5]
+        found["top5_contains_top1"] = float((top5 == top1[:, None]).any(1).mean())
+    return found
 
 
 def finite_metrics(accuracy: dict) -> bool:

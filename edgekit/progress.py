@@ -36,7 +36,7 @@ GLOG_WARNING = re.compile(r"^W\d{4} ")
 
 
 class Progress:
-    """Messages go to ``log``; steps are counted but not drawn (library use, ``--quiet``)."""
+    """Messages go to ``log``; steps and counts are not shown (library use, ``--quiet``)."""
 
     def __init__(self, log: Callable[[str], None] | None = None) -> None:
         self._log = log

@@ -117,6 +117,15 @@ def markdown(report: dict) -> str:
             bits.append(f"{r['params']:,} parameters")
         if r.get("quantization"):
             bits.append(r["quantization"])
+        acc = r.get("accuracy") or {}
+        confident = acc.get("confident")
+        if confident and confident["samples"]:
+            bits.append(
+                f"top-1 agreement on the {confident['samples']} samples where the original is confident "
+                f"(p ≥ {confident['threshold']}): {confident['top1_agreement']:.1%}"
+            )
+        if "top5_contains_top1" in acc:
+            bits.append(f"the original's top-1 is in the build's top 5 on {acc['top5_contains_top1']:.1%}")
         cache = r.get("cache") or {}
         if cache.get("reused"):
             bits.append(f"build reused from the cache (first built in {cache['first_build_s']:.1f} s)")

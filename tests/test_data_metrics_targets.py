@@ -72,6 +72,22 @@ def test_compare_metrics():
         compare([ref], [out[:, :2]])
 
 
+def test_agreement_where_the_original_is_confident_and_top5_containment():
+    # logits over 8 classes: sample 0 confident (softmax ≈ 0.98), samples 1-2 near-ties (≈ 0.2)
+    ref = np.zeros((3, 8))
+    ref[0, 2], ref[1, 4], ref[2, 5] = 6.0, 0.3, 0.3
+    out = ref.copy()
+    out[1, 6] = 0.5  # a near-tie flips: plain agreement drops, confident agreement does not
+    out[2, 5], out[2, :5] = -1.0, 1.0  # the original's class falls out of the build's top 5
+    acc = compare([ref], [out])
+    assert acc["top1_agreement"] == pytest.approx(1 / 3)
+    assert acc["confident"] == {"threshold": 0.5, "samples": 1, "top1_agreement": 1.0}
+    assert acc["top5_contains_top1"] == pytest.approx(2 / 3)
+    probabilities = np.full((2, 4), 0.25)  # an output that already is probabilities is taken as is
+    assert compare([probabilities], [probabilities])["confident"]["samples"] == 0
+    assert "top5_contains_top1" not in compare([probabilities], [probabilities])  # ≤ 5 classes: meaningless
+
+
 def test_latency_stats():
     stats = latency_stats(list(range(1, 101)))
     assert stats["p50"] == pytest.approx(50.5) and stats["p90"] == pytest.approx(90.1) and stats["n"] == 100

@@ -23,7 +23,10 @@ def test_an_opset_11_onnx_source_gets_int8_builds_that_load_and_agree(cnn_case, 
     assert [o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")] == [13]
     for row in report["builds"]:
         assert row["status"] == "ok", row.get("reason")
-        assert row["accuracy"]["top1_agreement"] >= 0.97 and row["accuracy"]["cosine_min"] > 0.9
+        acc = row["accuracy"]
+        assert acc["top1_agreement"] >= 0.97 and acc["cosine_min"] > 0.9
+        assert acc["confident"]["samples"] > 0 and acc["confident"]["top1_agreement"] >= acc["top1_agreement"] - 0.02
+        assert acc["top5_contains_top1"] >= acc["top1_agreement"]
     lines = report["recommendation"]["lines"]
     best = report["recommendation"]["build"]
     fastest = min((r for r in report["builds"]), key=lambda r: r["latency_ms"]["p50"])
