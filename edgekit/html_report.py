@@ -55,10 +55,10 @@ def _svg(fig) -> str:
     return text[text.index("<svg") :]
 
 
-def _time_axis(ax, values: list[float], axis: str = "x") -> None:
-    """Log scale when the times span more than a decade, else linear (readable ticks)."""
+def _time_axis(ax, values: list[float]) -> None:
+    """A log time axis when the times span more than a decade, else linear (readable ticks)."""
     if values and min(values) > 0 and max(values) / min(values) > 10:
-        (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+        ax.set_xscale("log")
 
 
 def _checked(report: dict) -> list[dict]:
