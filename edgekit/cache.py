@@ -46,6 +46,8 @@ LIBRARIES = (
     "hls4ml",
 )
 META = "entry.json"
+MARK = "edgekit_cache"  # in every entry's META: only such folders are ever trimmed or cleared
+TMP_PREFIX = ".edgekit-tmp-"
 
 
 def cache_dir() -> Path | None:
@@ -157,6 +159,14 @@ def make_key(kind: str, parts: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
+def _is_entry(folder: Path) -> bool:
+    """A folder edgekit stored (its META carries the mark): a cache pointed at a user's folder touches nothing else."""
+    try:
+        return json.loads((folder / META).read_text()).get(MARK) == 1
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 class BuildCache:
     """Content-keyed folders of finished work; a disabled cache misses every lookup and stores nothing."""
 
@@ -187,14 +197,14 @@ class BuildCache:
             return
         try:
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
+            tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.root))
             if src is not None and src.is_dir():
                 shutil.copytree(src, tmp / "files")
             else:
                 (tmp / "files").mkdir()
                 if src is not None:
                     shutil.copy2(src, tmp / "files" / src.name)
-            (tmp / META).write_text(json.dumps({**meta, "stored": time.time()}))
+            (tmp / META).write_text(json.dumps({**meta, MARK: 1, "stored": time.time()}))
             try:
                 tmp.rename(self.root / key)
             except OSError:  # a concurrent run stored the same key first
@@ -209,7 +219,7 @@ class BuildCache:
             return []
         found = []
         for entry in self.root.iterdir():
-            if entry.name.startswith(".") or not (entry / META).is_file():
+            if entry.name.startswith(".") or not _is_entry(entry):
                 continue
             size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
             found.append((entry, size, entry.stat().st_mtime))
@@ -229,6 +239,6 @@ class BuildCache:
         for entry, _, _ in entries:
             shutil.rmtree(entry, ignore_errors=True)
         if self.root is not None and self.root.is_dir():
-            for leftover in self.root.glob(".tmp-*"):
+            for leftover in self.root.glob(f"{TMP_PREFIX}*"):
                 shutil.rmtree(leftover, ignore_errors=True)
         return len(entries), sum(size for _, size, _ in entries)

@@ -136,8 +136,12 @@ def test_cache_info_and_clear(tmp_path, cache_root, monkeypatch):
     runner = CliRunner()
     info = runner.invoke(app, ["cache", "info"])
     assert info.exit_code == 0 and "2 entries" in info.output
+    for own in ("photos", ".tmp-mine"):  # a user's folders where the cache was pointed: never edgekit's to remove
+        (cache_root / own).mkdir()
+        (cache_root / own / META).write_text("{}")
     cleared = runner.invoke(app, ["cache", "clear"])
     assert cleared.exit_code == 0 and "removed 2 cached build(s)" in cleared.output
     assert BuildCache(cache_root).entries() == []
+    assert sorted(p.name for p in cache_root.iterdir()) == [".tmp-mine", "photos"]
     monkeypatch.setenv("EDGEKIT_BUILD_CACHE", "off")
     assert "off" in runner.invoke(app, ["cache", "info"]).output
