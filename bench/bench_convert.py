@@ -13,11 +13,10 @@ import json
 import platform
 import tempfile
 import time
-from importlib import resources
 from pathlib import Path
 
-from edgekit import ConvertOptions, convert
-from edgekit.data import ImagePreprocess
+from edgekit import convert
+from edgekit.demo import demo_options
 
 
 def main() -> None:
@@ -26,20 +25,13 @@ def main() -> None:
     parser.add_argument("--target", default="arm64")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)
     args = parser.parse_args()
-    photos = Path(str(resources.files("edgekit.calib_data") / "photos"))
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         report = convert(
-            ConvertOptions(
-                model="edgekit.models.efficientnet_lite:efficientnet_lite0",
-                target=args.target,
-                out=Path(tmp) / "b",
-                calib=photos,
+            demo_options(
+                args.target,
+                Path(tmp) / "b",
                 precisions=("fp32", "int8"),
-                input_shapes={"": ((1, 3, 224, 224), "float32")},
-                image=ImagePreprocess((127.0,) * 3, (128.0,) * 3, ten_crop=True),
-                calib_size=64,
-                eval_size=66,
                 device="host",
                 runs=args.runs,
                 warmup=10,

@@ -1,18 +1,61 @@
-"""The converter interface: build from ONNX for a target → artifacts; load and run a build; describe it."""
+"""The backend interface: a typed record of what a backend can do (``BackendSpec``, declared once in its
+folder's ``__init__.py``) and the converter that builds from ONNX for a target, inspects a build and gives
+its per-layer tensors. How a build is loaded and run on a device lives in the folder's ``runtime.py``.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from edgekit.data import Dataset, TensorSpec
 from edgekit.onnx_hub import QuantConfig
 from edgekit.target import Target
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """What a backend is and can do. Everything outside the backend's folder asks this record."""
+
+    name: str
+    summary: str
+    precisions: tuple[str, ...]
+    converter: str = "build:Converter"  # "module:Class" inside the backend's folder
+    runtime_modules: tuple[str, ...] = ()  # import names on a device; any one of them runs the builds
+    runtime_package: str = ""  # what to pip install on a device that has none of them
+    libraries: tuple[str, ...] = ()  # distributions whose versions key the build cache
+    int8_graph: bool = False  # int8 builds start from edgekit's shared int8 ONNX graph (ORT's quantizer)
+    source: str = "onnx"  # the model it converts: onnx | pytorch
+    tf_native: bool = False  # TensorFlow sources are converted by the backend's own converter
+    profiler: str = ""  # empty: runtime.py has profile(); else why there is no per-op profile, and what to use
+    host_only: str = ""  # why its builds run only on this host; empty: on any device that has its runtime
+    host_system: str = ""  # the host OS its runtime needs (platform.system()), e.g. "Darwin"
+    cannot_run: dict[str, str] = field(default_factory=dict, hash=False)  # device kind or arch → why not
+    latency_kind: str = "measured"  # measured | simulated
+    layer_diff: str = ""  # empty: the converter gives per-layer tensors; else why not, and what to use
+    not_verified: str = ""  # said in every report that builds this backend (unless its host_system is here)
+    color: str = "#7f7f7f"  # its colour in report plots
+    folder: Path | None = None  # set by the registry
+
+    @property
+    def runtime_file(self) -> Path:
+        """The self-contained loader that runs on the device (numpy and the runtime only)."""
+        assert self.folder is not None
+        return self.folder / "runtime.py"
+
+    def device_limit(self, device: str, arch: str, host_os: str) -> str | None:
+        """Why a ``device`` kind (host, emulated, ssh, adb) of architecture ``arch`` can never run these builds."""
+        if self.host_system and (device != "host" or host_os != self.host_system):
+            return self.host_only or f"{self.name} runs only on {self.host_system}"
+        if self.host_only and device != "host":
+            return self.host_only
+        return self.cannot_run.get(device) or (self.cannot_run.get(arch) if device != "host" else None)
 
 
 class SkipBuild(Exception):
@@ -39,6 +82,10 @@ class BuildContext:
     quant: QuantConfig = field(default_factory=QuantConfig)
     int8_mode: str = "static"  # static (calibrated activations) | dynamic (activations quantized per inference)
 
+    def source_graph(self, precision: str) -> Path:
+        """The ONNX graph a build of ``precision`` is made from (recorded in its manifest)."""
+        return self.onnx_qdq if precision == "int8" and self.onnx_qdq is not None else self.onnx_fp32
+
 
 @dataclass
 class BuildResult:
@@ -54,11 +101,18 @@ class BuildResult:
         return asdict(self)
 
 
-class Converter(ABC):
-    """One backend. Subclasses set ``name`` and ``precisions`` and implement ``build``."""
+class Refused(Exception):
+    """The backend's own tool refuses the whole graph (the message says why)."""
 
-    name: ClassVar[str]
-    precisions: ClassVar[tuple[str, ...]]
+
+class Converter(ABC):
+    """One backend: builds, and what only the backend knows about its builds. ``spec`` is set by the registry."""
+
+    spec: ClassVar[BackendSpec]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
     @abstractmethod
     def build(self, ctx: BuildContext) -> BuildResult:
@@ -68,15 +122,45 @@ class Converter(ABC):
         """A function running the build on an input dict (batch of one) → list of outputs."""
         from edgekit.runtime.runner_main import load_build
 
-        return load_build(build_dir, threads)[0]
+        return load_build(build_dir, threads, self.spec.runtime_file)[0]
 
     def describe(self, result: BuildResult) -> str:
         files = ", ".join(result.artifacts.values())
         return f"{self.name} {result.precision} ({result.quantization or 'float'}): {files}"
 
     def check_precision(self, precision: str) -> None:
-        if precision not in self.precisions:
-            raise SkipBuild(f"{self.name} offers {', '.join(self.precisions)}, not {precision}")
+        if precision not in self.spec.precisions:
+            raise SkipBuild(f"{self.name} offers {', '.join(self.spec.precisions)}, not {precision}")
+
+    def executed(self, build_dir: Path, manifest: dict, measured: dict[str, Any], work: Path) -> dict:
+        """What an int8 build really runs in int8 (see :mod:`edgekit.executed`); ``measured`` is the device's
+        result (e.g. OpenVINO's runtime precisions)."""
+        return {"unavailable": f"{self.name} does not report executed precisions"}
+
+    def layer_tensors(
+        self, build_dir: Path, manifest: dict, feed: dict[str, np.ndarray], wanted: set[str]
+    ) -> tuple[dict[str, np.ndarray], str]:
+        """Intermediate tensors of the build named as in the original's ONNX graph, and where they came from."""
+        raise NotImplementedError(self.spec.layer_diff)
+
+    def missing_ops(self, graph: Path, ops: dict[str, int], module=None) -> dict[str, int]:
+        """Operators (or, for PyTorch-based backends, ``module``'s layers) the backend cannot convert or run;
+        raises ``Refused`` when its tool refuses the whole graph."""
+        return {}
+
+
+def built_from(build_dir: Path, manifest: dict) -> Path:
+    """The ONNX graph a build was made from (its manifest says; older builds follow the folder convention)."""
+    from edgekit.errors import EdgekitError
+
+    recorded = manifest.get("source_graph")
+    if recorded:
+        graph = (build_dir / recorded).resolve()
+    else:
+        graph = build_dir.parent / "onnx" / ("model_int8_qdq.onnx" if manifest["precision"] == "int8" else "model.onnx")
+    if not graph.is_file():
+        raise EdgekitError(f"{graph} is missing", "run this on the folder edgekit convert wrote, with its onnx/ folder")
+    return graph
 
 
 def write_manifest(ctx: BuildContext, result: BuildResult, inputs: list[dict], outputs: list[dict], **extra) -> None:
@@ -85,6 +169,9 @@ def write_manifest(ctx: BuildContext, result: BuildResult, inputs: list[dict], o
         "backend": result.backend,
         "precision": result.precision,
         "target": ctx.target.name,
+        "target_spec": ctx.target.to_json(),  # profile/diff use the target the build was made for
+        "int8_mode": ctx.int8_mode if result.precision == "int8" else None,
+        "source_graph": _relative(ctx.source_graph(result.precision), ctx.out_dir),
         "artifacts": result.artifacts,
         "inputs": inputs,
         "outputs": outputs,
@@ -92,6 +179,10 @@ def write_manifest(ctx: BuildContext, result: BuildResult, inputs: list[dict], o
         **extra,
     }
     (ctx.out_dir / "build.json").write_text(json.dumps(manifest, indent=2))
+
+
+def _relative(path: Path | None, start: Path) -> str | None:
+    return None if path is None else os.path.relpath(path, start)
 
 
 def io_by_name(specs: list[TensorSpec]) -> list[dict]:

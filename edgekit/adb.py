@@ -21,16 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from edgekit import procs
 from edgekit.errors import EdgekitError
-from edgekit.runners import (
-    PROBE,
-    RUNNER_SCRIPT,
-    RUNTIME_MODULES,
-    Runner,
-    RunnerError,
-    RunResult,
-    RunSpec,
-    collect_outputs,
-)
+from edgekit.runners import RUNNER_SCRIPT, RemoteRunner, RunnerError, RunResult, RunSpec, probe_script
 
 REMOTE_ROOT = "/data/local/tmp"
 ADB_SERVER_PORT = 5037
@@ -82,10 +73,11 @@ def parse_benchmark_model(text: str) -> dict:
     return result
 
 
-class AdbRunner(Runner):
+class AdbRunner(RemoteRunner):
     """Runs builds on an Android phone attached over adb (USB or adb-over-TCP)."""
 
     name = "adb"
+    where = "the phone"
 
     def __init__(self, url: str, adb: str = "adb") -> None:
         parts = urlsplit(url)
@@ -111,10 +103,16 @@ class AdbRunner(Runner):
         """The adb argv for one call, pinned to the chosen phone."""
         return [self.adb, *(["-s", self.serial] if self.serial else []), *args]
 
-    def shell_command(self, remote: str, build: str, inputs: str, spec: RunSpec) -> list[str]:
+    def shell_command(
+        self, remote: str, build: str, inputs: str, spec: RunSpec, runtime: str = "runtime.py"
+    ) -> list[str]:
         """adb argv that runs edgekit's runner on the phone inside ``remote``."""
-        run = " ".join(shlex.quote(a) for a in [self.python, "runner_main.py", build, inputs, "out", *spec.args()])
-        return self.command("shell", f"cd {remote} && timeout -s KILL {int(spec.timeout)} {run}")
+        argv = [self.python, RUNNER_SCRIPT.name, build, inputs, "out", *spec.args(runtime)]
+        return self._shell(remote, argv, spec.timeout)
+
+    def _shell(self, remote: str, argv: list[str], timeout: float) -> list[str]:
+        command = " ".join(shlex.quote(a) for a in argv)
+        return self.command("shell", f"cd {remote} && timeout -s KILL {int(timeout)} {command}")
 
     def benchmark_command(self, remote: str, model: str, spec: RunSpec) -> list[str]:
         """adb argv for LiteRT's benchmark_model on the pushed ``model``."""
@@ -140,10 +138,8 @@ class AdbRunner(Runner):
         model = self.facts.get("model", "?")
         return f"Android phone over adb ({self.facts.get('serial', '?')}, {model}, {self.facts.get('machine', '?')})"
 
-    def cannot_run(self, backend: str) -> str | None:
-        if backend == "tvm":
-            return "the TVM build's phone library needs an NDK link and TVM's Android runtime (not run by edgekit)"
-        return None
+    def install_hint(self, package: str) -> str:
+        return f"in Termux: pip install {package}"
 
     def prepare(self, log=lambda msg: None) -> None:
         if shutil.which(self.adb) is None:
@@ -169,7 +165,7 @@ class AdbRunner(Runner):
         self.serial = self.facts["serial"]
         model = self._call(self.command("shell", "getprop ro.product.model"))
         self.facts["model"] = model.stdout.strip() or "?"
-        probe = self._call(self.command("shell", f"{shlex.quote(self.python)} -c {shlex.quote(PROBE)}"))
+        probe = self._call(self.command("shell", f"{shlex.quote(self.python)} -c {shlex.quote(probe_script())}"))
         if probe.returncode != 0 or not probe.stdout.strip():
             raise EdgekitError(
                 f"phone {self.serial}: no Python at {self.python} for edgekit's runner",
@@ -178,35 +174,32 @@ class AdbRunner(Runner):
         self.facts.update(json.loads(probe.stdout.strip().splitlines()[-1]))
         log(f"phone {self.serial} ({self.facts['model']}) ready")
 
-    def run(self, build_dir: Path, inputs: Path, work: Path, spec: RunSpec) -> RunResult:
-        if not self.facts:
-            self.prepare()
-        manifest = json.loads((build_dir / "build.json").read_text())
-        modules, package = RUNTIME_MODULES[manifest["backend"]]
-        if not any(self.facts["have"].get(m) for m in modules):
-            raise RunnerError(f"the phone lacks the {manifest['backend']} runtime; in Termux: pip install {package}")
+    def _adb(self, argv: list[str], what: str, timeout: float = 600) -> None:
+        proc = self._call(argv, timeout=timeout)
+        if proc.returncode != 0:
+            raise RunnerError(f"{what} failed: {(proc.stderr or proc.stdout).strip()[-200:]}")
+
+    def make_folder(self) -> str:
         remote = f"{REMOTE_ROOT}/edgekit-{uuid.uuid4().hex[:12]}"
-        try:
-            for argv in (
-                self.command("shell", f"mkdir -p {remote}"),
-                self.command("push", str(build_dir), str(inputs), str(RUNNER_SCRIPT), f"{remote}/"),
-            ):
-                proc = self._call(argv, timeout=600)
-                if proc.returncode != 0:
-                    raise RunnerError(f"adb failed: {(proc.stderr or proc.stdout).strip()[-200:]}")
-            proc = self._call(self.shell_command(remote, build_dir.name, inputs.name, spec), spec.timeout + 30)
-            if proc.returncode != 0:
-                raise RunnerError(f"runner on the phone failed: {(proc.stderr or proc.stdout).strip()[-200:]}")
-            work.mkdir(parents=True, exist_ok=True)
-            proc = self._call(self.command("pull", f"{remote}/out", str(work)), timeout=600)
-            if proc.returncode != 0:
-                raise RunnerError(f"adb pull failed: {proc.stderr.strip()[-200:]}")
-            result = collect_outputs(work / "out")
-            if self.benchmark_model is not None and manifest["backend"] == "tflite":
-                result.info["benchmark_model"] = self._benchmark(remote, build_dir.name, manifest, spec)
-            return result
-        finally:
-            self._call(self.command("shell", f"rm -rf {remote}"))
+        self._adb(self.command("shell", f"mkdir -p {remote}"), "adb")
+        return remote
+
+    def push(self, sources: list[Path], remote: str) -> None:
+        self._adb(self.command("push", *map(str, sources), f"{remote}/"), "adb push")
+
+    def execute(self, remote: str, argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+        return self._call(self._shell(remote, argv, timeout), timeout + 30)
+
+    def pull(self, remote: str, local: Path) -> None:
+        self._adb(self.command("pull", remote, str(local)), "adb pull")
+
+    def remove(self, remote: str) -> None:
+        self._call(self.command("shell", f"rm -rf {remote}"))
+
+    def after_run(self, remote: str, build_dir: Path, manifest: dict, spec: RunSpec, result: RunResult) -> None:
+        """LiteRT's benchmark_model on the pushed .tflite, when the user gave one."""
+        if self.benchmark_model is not None and manifest["backend"] == "tflite":
+            result.info["benchmark_model"] = self._benchmark(remote, build_dir.name, manifest, spec)
 
     def _benchmark(self, remote: str, build: str, manifest: dict, spec: RunSpec) -> dict:
         proc = self._call(self.command("push", str(self.benchmark_model), f"{remote}/benchmark_model"), timeout=600)

@@ -15,16 +15,17 @@ from edgekit.converters import BuildContext, SkipBuild, get_converter
 from edgekit.data import Dataset, TensorSpec
 from edgekit.errors import one_line
 from edgekit.onnx_hub import QuantConfig
-from edgekit.target import load_target
+from edgekit.target import Target
 
 
-def job_to_json(backend: str, ctx: BuildContext, calib_npz: Path, target_ref: str) -> dict:
+def job_to_json(backend: str, ctx: BuildContext, calib_npz: Path) -> dict:
+    """The build context as the worker process reads it (the calibration arrays are in ``calib_npz``)."""
     return {
         "backend": backend,
         "onnx_fp32": str(ctx.onnx_fp32),
         "onnx_qdq": str(ctx.onnx_qdq) if ctx.onnx_qdq else None,
         "precision": ctx.precision,
-        "target": target_ref,
+        "target": ctx.target.to_json(),
         "calib": str(calib_npz),
         "inputs": [s.to_json() for s in ctx.inputs],
         "outputs": [s.to_json() for s in ctx.outputs],
@@ -49,7 +50,7 @@ def _context(job: dict) -> BuildContext:
         onnx_fp32=Path(job["onnx_fp32"]),
         onnx_qdq=Path(job["onnx_qdq"]) if job["onnx_qdq"] else None,
         precision=job["precision"],
-        target=load_target(job["target"]),
+        target=Target.from_json(job["target"]),
         calib=calib,
         inputs=specs,
         outputs=[TensorSpec(s["name"], tuple(s["shape"]), s["dtype"]) for s in job["outputs"]],

@@ -29,22 +29,7 @@ import numpy as np
 
 from edgekit.data import Dataset
 
-LIBRARIES = (
-    "numpy",
-    "torch",
-    "onnx",
-    "onnxslim",
-    "onnxruntime",
-    "onnx2tf",
-    "tensorflow",
-    "tf2onnx",
-    "ai-edge-litert",
-    "openvino",
-    "nncf",
-    "apache-tvm",
-    "coremltools",
-    "hls4ml",
-)
+CORE_LIBRARIES = ("numpy", "torch", "onnx", "onnxslim", "onnxruntime", "tensorflow", "tf2onnx", "nncf")
 META = "entry.json"
 MARK = "edgekit_cache"  # in every entry's META: only such folders are ever trimmed or cleared
 TMP_PREFIX = ".edgekit-tmp-"
@@ -72,17 +57,20 @@ def environment() -> dict:
     """What every key includes: library versions, edgekit's code, the host CPU's flags."""
     import edgekit
     import edgekit.converters
+    from edgekit.converters import backend_names, backend_spec
 
+    backends = [backend_spec(name) for name in backend_names()]
     versions = {}
-    for name in LIBRARIES:
+    for name in sorted({*CORE_LIBRARIES, *(lib for b in backends for lib in b.libraries)}):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
     code = hashlib.sha256()
-    for package in (Path(edgekit.__file__).parent, Path(edgekit.converters.__file__).parent):
+    folders = {Path(edgekit.__file__).parent, Path(edgekit.converters.__file__).parent, *(b.folder for b in backends)}
+    for package in sorted(folders):
         for path in sorted(package.rglob("*.py")):
-            code.update(path.name.encode() + path.read_bytes())
+            code.update(str(path.relative_to(package)).encode() + path.read_bytes())
     flags = ""
     with contextlib.suppress(OSError):
         lines = Path("/proc/cpuinfo").read_text().splitlines()

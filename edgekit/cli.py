@@ -10,7 +10,6 @@ import os
 import re
 import signal
 from collections.abc import Iterator
-from importlib import resources
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Annotated
@@ -26,13 +25,11 @@ from edgekit.junit import write_junit
 from edgekit.onnx_hub import QuantConfig
 from edgekit.pipeline import Budgets, ConvertOptions, convert, convert_targets
 from edgekit.procs import Terminated, signals_as_interrupt
-from edgekit.profiling import read_build, read_inputs
 from edgekit.progress import Progress, RichProgress, summarise_hidden, third_party_output_hidden
 from edgekit.prune import PruneConfig
 from edgekit.recipe import apply_recipe
 from edgekit.report import exit_code, print_table, wide_console
 from edgekit.safety import check_result_file, regular_file
-from edgekit.source import load_model
 from edgekit.target import list_targets, load_target
 
 app = typer.Typer(
@@ -256,6 +253,13 @@ def convert_cmd(
     threads: Annotated[
         int, typer.Option(rich_help_panel="Target and device", help="threads per runtime")
     ] = os.cpu_count() or 1,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            rich_help_panel="Target and device",
+            help="builds converted at once (default: the cores); device checks always run one at a time",
+        ),
+    ] = os.cpu_count() or 1,
     min_top1_agreement: Annotated[
         float | None, typer.Option(rich_help_panel="Budgets and CI", help="budget: fraction 0–1")
     ] = None,
@@ -430,6 +434,7 @@ def convert_cmd(
             runs=v.runs,
             warmup=v.warmup,
             threads=v.threads,
+            jobs=v.jobs,
             budgets=Budgets(v.min_top1_agreement, v.min_cosine, v.max_accuracy_drop, v.max_latency_ms, v.max_size_mb),
             prune=pruning,
             train=v.train,
@@ -462,21 +467,9 @@ def demo(
     runs: Annotated[int, typer.Option(help="timed runs per build")] = 50,
 ) -> None:
     """Run the whole pipeline on the bundled EfficientNet-Lite0 (ImageNet weights) and bundled real photos."""
-    photos = Path(str(resources.files("edgekit.calib_data") / "photos"))
-    _execute(
-        ConvertOptions(
-            model="edgekit.models.efficientnet_lite:efficientnet_lite0",
-            target=target,
-            out=out,
-            calib=photos,
-            precisions=_csv(precision),
-            input_shapes={"": ((1, 3, 224, 224), "float32")},
-            image=ImagePreprocess((127.0,) * 3, (128.0,) * 3, ten_crop=True),
-            calib_size=64,
-            eval_size=66,
-            runs=runs,
-        )
-    )
+    from edgekit.demo import demo_options
+
+    _execute(demo_options(target, out, precisions=_csv(precision), device=device, runs=runs))
 
 
 @app.command("prune-scan")
@@ -537,6 +530,7 @@ def device(
 ) -> None:
     """Manage the emulated ARM devices (cached under $EDGEKIT_CACHE or ~/.cache/edgekit)."""
     from edgekit import emulator
+    from edgekit.converters import runtime_modules
 
     if action != "prepare":
         raise _usage_error(EdgekitError(f"unknown action '{action}'", "use `edgekit device prepare`"))
@@ -546,7 +540,8 @@ def device(
         for image in images:
             try:
                 root = emulator.prepare(image, log=err.log)
-                Console().print(f"emulated {image.name} userland ready ({', '.join(image.backends)}): {root}")
+                have = sorted(set(runtime_modules()) & emulator.installed_modules(root))
+                Console().print(f"emulated {image.name} userland ready ({', '.join(have)}): {root}")
             except EdgekitError as exc:
                 _print_error(exc)
                 failed += 1
@@ -610,26 +605,11 @@ def diff_cmd(
 
     from edgekit import diff
 
-    graph = original / "onnx" / "model.onnx" if original.is_dir() else original
     with _guarded():
         for path, flag in ((out, "--out"), (plot, "--plot")):
             if path is not None:
-                check_result_file(path, flag, (inputs, graph))
-        if not graph.is_file() or graph.suffix != ".onnx":
-            raise EdgekitError(
-                f"need an ONNX graph and a build folder (got {graph}, {build})",
-                "pass the convert output folder (or its onnx/model.onnx) and one of its build folders",
-            )
-        with contextlib.suppress(OSError, ValueError, AttributeError):  # a damaged manifest is named below
-            backend = json.loads((build / "build.json").read_text()).get("backend")
-            if isinstance(backend, str) and backend not in diff.SUPPORTED:
-                raise diff.unsupported(backend)
-        load_model(str(graph))  # a damaged or foreign original is named before any work
-        manifest = read_build(build)
-        arrays = read_inputs(inputs, manifest["input_specs"])
-        if not 0 <= sample < len(next(iter(arrays.values()))):
-            raise EdgekitError(f"--inputs {inputs} has no sample {sample}", "pick an existing --sample")
-        result = diff.layer_diff(graph, build, {k: v[sample : sample + 1] for k, v in arrays.items()})
+                check_result_file(path, flag, (inputs, diff.original_graph(original)))
+        result = diff.compare_build(original, build, inputs, sample)
         if out:
             out.write_text(json.dumps(result, indent=2))
         if plot:
@@ -765,7 +745,9 @@ def targets() -> None:
     table = Table(title="edgekit targets")
     for col in ("name", "platform", "triple", "cpu", "backends", "default precision", "runner", "description"):
         table.add_column(col)
-    for t in list_targets():
+    with _guarded():
+        found = list_targets()
+    for t in found:
         table.add_row(
             t.name,
             t.platform,
@@ -775,6 +757,35 @@ def targets() -> None:
             ", ".join(t.default_precisions),
             t.runner,
             t.description,
+        )
+    wide_console(200).print(table)
+
+
+@app.command()
+def backends() -> None:
+    """List the backends edgekit knows (its own and those in $EDGEKIT_BACKENDS) and what each can do."""
+    from rich.table import Table
+
+    from edgekit.converters import backend_names, backend_spec
+
+    with _guarded():
+        specs = [backend_spec(name) for name in backend_names()]
+    table = Table(title="edgekit backends")
+    for col in ("name", "precisions", "builds from", "device runtime", "per-op profile", "layer diff", "folder"):
+        table.add_column(col)
+    for b in specs:
+        source = b.source + (" (TensorFlow sources natively)" if b.tf_native else "")
+        runtime = " or ".join(b.runtime_modules)
+        if b.host_only:
+            runtime = "host only" + (f" ({runtime})" if runtime else "")
+        table.add_row(
+            f"{b.name}\n[dim]{b.summary}[/]",
+            ", ".join(b.precisions) + (" (shared int8 graph)" if b.int8_graph else ""),
+            source,
+            runtime,
+            "no" if b.profiler else "yes",
+            "no" if b.layer_diff else "yes",
+            str(b.folder),
         )
     wide_console(200).print(table)
 

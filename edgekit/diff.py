@@ -1,22 +1,21 @@
 """``edgekit diff``: run the original (its checked ONNX graph) and a build on the same inputs, match
 intermediate tensors by name, and find the layer where the error jumps.
 
-ONNX Runtime and TVM builds are compared through the int8 QDQ graph they were built from (tensor names
-are kept by the quantizer); OpenVINO IRs keep ONNX tensor names, so their intermediate outputs are
-read from the OpenVINO runtime itself. onnx2tf renames every tensor, so TFLite builds are refused with
-the tool that does that check (``onnx2tf -cotof``).
+Each backend gives its build's intermediate tensors (``Converter.layer_tensors``): ONNX Runtime and TVM
+through the ONNX graph they run or were built from (tensor names are kept by the quantizer), OpenVINO from
+its runtime (IRs keep ONNX tensor names). A backend whose converter renames every tensor (TFLite:
+onnx2tf) declares why not and the tool that does that check instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
 import numpy as np
 
 from edgekit.errors import EdgekitError
-
-SUPPORTED = ("onnxruntime", "openvino", "tvm")
 
 JUMP_DB = 6.0  # a layer whose output SNR is this much below its inputs' is where the error "jumps"
 INPUT_SNR_DB = 40.0  # what layers fed by the model inputs are measured against (≈ an 8-bit quantized input)
@@ -65,54 +64,54 @@ def onnx_intermediates(path: Path, feed: dict[str, np.ndarray]) -> dict[str, np.
     return {n: v for n, v in zip(names, sess.run(names, feed), strict=True) if np.issubdtype(v.dtype, np.floating)}
 
 
-def openvino_intermediates(xml: Path, feed: dict[str, np.ndarray], wanted: set[str]) -> dict[str, np.ndarray]:
-    """Intermediate tensors of an OpenVINO IR whose tensor names match ``wanted``."""
-    import openvino as ov
-
-    core = ov.Core()
-    model = core.read_model(str(xml))
-    outputs, names = [], []
-    for op in model.get_ordered_ops():
-        if op.get_type_name() in ("Parameter", "Constant", "Result"):
-            continue
-        for port in op.outputs():
-            hit = sorted(port.get_names() & wanted)
-            if hit:
-                outputs.append(port)
-                names.append(hit[0])
-    model.add_outputs(outputs)
-    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    result = compiled.create_infer_request().infer(feed)
-    found = {}
-    for port in compiled.outputs:
-        for name in port.get_names():
-            if name in wanted:
-                found[name] = np.asarray(result[port])
-    return found
-
-
 def _build_tensors(build_dir: Path, manifest: dict, feed: dict, wanted: set[str]) -> tuple[dict, str]:
-    backend = manifest["backend"]
-    if backend in ("onnxruntime", "tvm"):
-        if backend == "onnxruntime" and manifest["artifacts"]["model"].endswith(".onnx"):
-            graph = build_dir / manifest["artifacts"]["model"]
-        else:
-            name = "model_int8_qdq.onnx" if manifest["precision"] == "int8" else "model.onnx"
-            graph = build_dir.parent / "onnx" / name
-        if not graph.exists():
-            raise EdgekitError(f"{graph} is missing", "run diff inside the folder edgekit convert wrote")
-        return onnx_intermediates(graph, feed), f"ONNX graph {graph.name} (what {backend} was built from)"
-    if backend == "openvino":
-        return openvino_intermediates(build_dir / manifest["artifacts"]["model"], feed, wanted), "OpenVINO runtime"
-    raise unsupported(backend)
+    """The build's intermediate tensors, named as the original's, from its backend."""
+    from edgekit.converters import backend_spec, get_converter
+
+    spec = backend_spec(manifest["backend"])
+    if spec.layer_diff:
+        raise unsupported(manifest["backend"])
+    return get_converter(spec.name).layer_tensors(build_dir, manifest, feed, wanted)
 
 
 def unsupported(backend: str) -> EdgekitError:
     """Why ``diff`` cannot compare a ``backend`` build layer by layer, and what to use instead."""
+    from edgekit.converters import backend_names, backend_spec
+
+    able = [name for name in backend_names() if not backend_spec(name).layer_diff]
     return EdgekitError(
         f"diff cannot match {backend} tensors to the original's (the converter renames them)",
-        "for TFLite run onnx2tf with -cotof (its per-op ONNX-vs-TF check); diff supports onnxruntime/openvino/tvm",
+        f"{backend_spec(backend).layer_diff}; diff supports {'/'.join(able)}",
     )
+
+
+def original_graph(original: Path) -> Path:
+    """The original's checked ONNX graph: the file itself, or ``onnx/model.onnx`` of a convert output folder."""
+    return original / "onnx" / "model.onnx" if original.is_dir() else original
+
+
+def compare_build(original: Path, build: Path, inputs: Path, sample: int = 0) -> dict:
+    """``edgekit diff``: every input checked (one-line errors), then :func:`layer_diff` on one sample."""
+    from edgekit.converters import backend_spec
+    from edgekit.profiling import read_build, read_inputs
+    from edgekit.source import load_model
+
+    graph = original_graph(original)
+    if not graph.is_file() or graph.suffix != ".onnx":
+        raise EdgekitError(
+            f"need an ONNX graph and a build folder (got {graph}, {build})",
+            "pass the convert output folder (or its onnx/model.onnx) and one of its build folders",
+        )
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # a damaged manifest is named below
+        backend = json.loads((build / "build.json").read_text()).get("backend")
+        if isinstance(backend, str) and backend_spec(backend).layer_diff:
+            raise unsupported(backend)
+    load_model(str(graph))  # a damaged or foreign original is named before any work
+    manifest = read_build(build)
+    arrays = read_inputs(inputs, manifest["input_specs"])
+    if not 0 <= sample < len(next(iter(arrays.values()))):
+        raise EdgekitError(f"--inputs {inputs} has no sample {sample}", "pick an existing --sample")
+    return layer_diff(graph, build, {k: v[sample : sample + 1] for k, v in arrays.items()})
 
 
 def layer_diff(original: Path, build_dir: Path, feed: dict[str, np.ndarray]) -> dict:

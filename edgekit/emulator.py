@@ -42,7 +42,7 @@ MERGED_USR_DIRS = ("bin", "lib", "sbin")  # top-level folders that are links int
 
 @dataclass(frozen=True)
 class DeviceImage:
-    """Pinned contents of an emulated device userland, and the backends it can run."""
+    """Pinned contents of an emulated device userland (which runtimes it has is read off the userland)."""
 
     name: str
     arch: str
@@ -51,7 +51,6 @@ class DeviceImage:
     qemu: str
     python: str
     debs: tuple[str, ...]
-    backends: tuple[str, ...]
     wheels: tuple[str, ...] = ()
     wheel_platforms: tuple[str, ...] = ()
     python_version: str = ""
@@ -71,7 +70,6 @@ AARCH64 = DeviceImage(
     qemu="qemu-aarch64-static",
     python="usr/bin/python3.11",
     debs=("python3.11", "libstdc++6", "libgomp1"),
-    backends=("tflite", "onnxruntime", "openvino", "tvm"),
     wheels=(
         "numpy==2.4.6",
         "onnxruntime==1.31.1",
@@ -98,7 +96,6 @@ ARMHF_TFLITE = DeviceImage(
     qemu="qemu-arm-static",
     python="usr/bin/python3.9",
     debs=("python3.9", "python3-numpy", "libstdc++6"),
-    backends=("tflite",),
     wheels=("tflite-runtime==2.11.0",),
     wheel_platforms=("manylinux2014_armv7l",),
     python_version="3.9",
@@ -115,7 +112,6 @@ ARMHF_ORT = DeviceImage(
     qemu="qemu-arm-static",
     python="usr/bin/python3",
     debs=("python3", "python3-numpy", "python3-onnxruntime"),
-    backends=("onnxruntime",),
     merged_usr=True,
     links=(
         ("usr/lib/arm-linux-gnueabihf/libblas.so.3", "blas/libblas.so.3"),
@@ -123,13 +119,6 @@ ARMHF_ORT = DeviceImage(
     ),
 )
 IMAGES = {"aarch64": (AARCH64,), "armv7l": (ARMHF_TFLITE, ARMHF_ORT)}
-# Why a backend cannot run on an emulated architecture (the build itself is still made and kept).
-NOT_RUNNABLE = {
-    "armv7l": {
-        "tvm": "no TVM runtime for armv7l exists in the registries (no armv7l apache-tvm wheel or Debian package)",
-        "openvino": "OpenVINO ships no armv7 runtime",
-    }
-}
 SITE = "/opt/edgekit/site"
 Log = Callable[[str], None]
 
@@ -304,6 +293,15 @@ def prepare(image: DeviceImage, log: Log = lambda msg: None) -> Path:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def installed_modules(rootfs: Path) -> set[str]:
+    """Top-level Python modules installed in a userland (edgekit's wheel folder and Debian's dist-packages)."""
+    found = set()
+    for site in (rootfs / SITE.lstrip("/"), rootfs / "usr/lib/python3/dist-packages"):
+        if site.is_dir():
+            found |= {p.name.split(".")[0] for p in site.iterdir() if p.is_dir() or p.suffix in (".py", ".so")}
+    return found
 
 
 def write_cpu_files(rootfs: Path, cpu: str, cores: int) -> None:

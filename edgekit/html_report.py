@@ -11,16 +11,11 @@ import io
 
 from markdown_it import MarkdownIt
 
-# One colour per backend, used in every plot (and only there: the page's text and tables use none of them).
-COLOURS = {
-    "original": "#4d4d4d",
-    "tflite": "#1f77b4",
-    "onnxruntime": "#2ca02c",
-    "openvino": "#9467bd",
-    "tvm": "#d62728",
-    "coreml": "#8c564b",
-    "hls4ml": "#e377c2",
-}
+from edgekit.converters import backend_names, backend_spec
+
+# One colour per backend (declared in its BackendSpec), used in every plot and only there: the page's text
+# and tables use none of them.
+COLOURS = {"original": "#4d4d4d", **{name: backend_spec(name).color for name in backend_names()}}
 CSS = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1180px; color: #1a1a1a; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 1.6em; }
@@ -42,7 +37,9 @@ def _label(row: dict) -> str:
 
 
 def _colour(backend: str) -> str:
-    return COLOURS.get(backend, "#17becf")
+    if backend in COLOURS:
+        return COLOURS[backend]
+    return backend_spec(backend).color if backend in backend_names() else "#17becf"
 
 
 def _svg(fig) -> str:

@@ -141,16 +141,21 @@ def _fmt(ops: dict[str, int]) -> str:
 
 def _backend_findings(backend: str, source: SourceModel, graph: Path, ops: collections.Counter) -> list[Finding]:
     """What ``backend`` cannot convert or run, and what stays float in its int8 build."""
-    if backend in ("coreml", "hls4ml"):
-        return _pytorch_only(backend, source)
+    from edgekit.converters import Refused, backend_spec, get_converter
+
+    spec = backend_spec(backend)
+    if spec.source == "pytorch" and source.framework != "pytorch":
+        return [
+            Finding(
+                "error",
+                backend,
+                f"{backend} builds start from a PyTorch nn.Module; this is a {source.framework} model",
+                "pass the architecture as module:callable with --weights, or leave it out with --backends",
+            )
+        ]
     try:
-        missing = {
-            "tflite": _onnx2tf_missing,
-            "onnxruntime": _onnxruntime_missing,
-            "openvino": _openvino_missing,
-            "tvm": _tvm_missing,
-        }[backend](graph, ops)
-    except _Refused as exc:
+        missing = get_converter(backend).missing_ops(graph, dict(ops), source.module)
+    except Refused as exc:
         return [Finding("error", backend, str(exc), f"fix the model, or leave {backend} out with --backends")]
     except Exception as exc:  # an inspection tool that fails says so; the conversion itself may still work
         return [Finding("warning", backend, f"could not be inspected ({one_line(exc, 160)})", "try the conversion")]
@@ -164,7 +169,7 @@ def _backend_findings(backend: str, source: SourceModel, graph: Path, ops: colle
                 f"replace these operators in the model, or leave {backend} out with --backends",
             )
         )
-    if backend in ("onnxruntime", "tvm"):
+    if spec.int8_graph:
         from onnxruntime.quantization.registry import QDQRegistry
 
         heavy = {"Conv", "ConvTranspose", "MatMul", "Gemm", "Einsum", "Attention", "LSTM", "GRU", "RNN"}
@@ -179,71 +184,3 @@ def _backend_findings(backend: str, source: SourceModel, graph: Path, ops: colle
                 )
             )
     return findings
-
-
-def _pytorch_only(backend: str, source: SourceModel) -> list[Finding]:
-    if source.framework != "pytorch":
-        return [
-            Finding(
-                "error",
-                backend,
-                f"{backend} builds start from a PyTorch nn.Module; this is a {source.framework} model",
-                "pass the architecture as module:callable with --weights, or leave it out with --backends",
-            )
-        ]
-    if backend == "hls4ml":
-        import hls4ml.converters
-
-        supported = set(hls4ml.converters.get_supported_pytorch_layers())
-        leaves = collections.Counter(
-            type(m).__name__ for m in source.module.modules() if not list(m.children()) and type(m).__name__
-        )
-        missing = {k: n for k, n in leaves.items() if k not in supported and k not in ("Identity", "Dropout")}
-        if missing:
-            return [Finding("error", backend, f"hls4ml has no layer for {_fmt(missing)}", "replace these layers")]
-    return []
-
-
-def _onnx2tf_missing(graph: Path, ops: collections.Counter) -> dict[str, int]:
-    import onnx2tf
-
-    folder = Path(onnx2tf.__file__).parent / "ops"
-    known = {p.stem for p in folder.glob("*.py")}
-    return {op: n for op, n in ops.items() if op not in known}
-
-
-class _Refused(Exception):
-    """The backend's own tool refuses the whole graph (the message says why)."""
-
-
-def _onnxruntime_missing(graph: Path, ops: collections.Counter) -> dict[str, int]:
-    from edgekit.source import _check_onnx_runs
-
-    try:
-        _check_onnx_runs(graph)
-    except EdgekitError as exc:
-        raise _Refused(exc.problem) from exc
-    return {}
-
-
-def _openvino_missing(graph: Path, ops: collections.Counter) -> dict[str, int]:
-    import openvino as ov
-
-    try:
-        model = ov.convert_model(str(graph))
-    except Exception as exc:
-        raise _Refused(f"OpenVINO cannot convert the graph ({one_line(exc, 200)})") from exc
-    supported = ov.Core().query_model(model, "CPU")
-    missing = collections.Counter(
-        op.get_type_name()
-        for op in model.get_ordered_ops()
-        if op.get_friendly_name() not in supported and op.get_type_name() not in ("Parameter", "Result", "Constant")
-    )
-    return dict(missing)
-
-
-def _tvm_missing(graph: Path, ops: collections.Counter) -> dict[str, int]:
-    from tvm.relax.frontend.onnx import onnx_frontend
-
-    known = set(onnx_frontend._get_convert_map())
-    return {op: n for op, n in ops.items() if op not in known}

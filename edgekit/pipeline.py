@@ -14,8 +14,10 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -24,7 +26,7 @@ import numpy as np
 from edgekit import onnx_hub
 from edgekit.build_worker import job_to_json
 from edgekit.cache import BuildCache, arrays_digest, cache_dir, data_digest, file_digest, make_key, source_digest
-from edgekit.converters import BACKENDS, BuildContext
+from edgekit.converters import BuildContext, backend_spec, get_converter
 from edgekit.data import (
     Dataset,
     ImagePreprocess,
@@ -40,12 +42,13 @@ from edgekit.procs import run as run_process
 from edgekit.progress import Advance, Progress, as_progress
 from edgekit.prune import PruneConfig
 from edgekit.recommend import flag_degraded, recommend
-from edgekit.runners import Runner, RunnerError, RunSpec, get_runner, platform_limit
+from edgekit.runners import Runner, RunnerError, RunSpec, get_runner
 from edgekit.safety import Staging, check_output_folder, file_or_folder, regular_file
 from edgekit.source import MODEL_SUFFIXES, SourceModel, load_model
 from edgekit.target import PRECISIONS, Target, load_target
 
 ONNX_COSINE_FLOOR = 0.9999
+SCHEMA_VERSION = 2  # report.json: 2 added schema_version and build manifests that carry their target and graph
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ class ConvertOptions:
     warmup: int = 10
     runs: int = 50
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    jobs: int = field(default_factory=lambda: os.cpu_count() or 1)  # builds converted at once (each its own process)
     budgets: Budgets = field(default_factory=Budgets)
     timeout_s: float = 1800.0
     prune: PruneConfig | None = None
@@ -106,6 +110,7 @@ class ConvertOptions:
     def validate(self) -> None:
         """Refuse impossible settings before any work (one line naming the option and a fix)."""
         counts = (("--runs", self.runs, 1), ("--warmup", self.warmup, 0), ("--threads", self.threads, 1))
+        counts += (("--jobs", self.jobs, 1),)
         counts += (("--calib-size", self.calib_size, 1), ("--eval-size", self.eval_size, 1))
         for flag, value, low in counts:
             if not isinstance(value, numbers.Integral) or value < low:
@@ -176,8 +181,7 @@ def convert(opts: ConvertOptions, log: Log | Progress | None = None) -> dict:
             raise EdgekitError(f"unknown precision '{p}'", f"use one or more of {', '.join(PRECISIONS)}")
     backends = opts.backends or target.backends
     for b in backends:
-        if b not in BACKENDS:
-            raise EdgekitError(f"unknown backend '{b}'", f"use one or more of {', '.join(BACKENDS)}")
+        backend_spec(b)  # an unknown name is a one-line error naming the known ones
     out = check_output_folder(opts.out, opts.input_paths())
     runner = get_runner(opts.device or target.runner, target)
     int8 = "int8" in precisions
@@ -393,6 +397,41 @@ def _measure_original(
     return reference, info
 
 
+@dataclass
+class Original:
+    """Stage 1: the original model run on the held-out data (its outputs are what every build must match)."""
+
+    outputs: list[np.ndarray]
+    info: dict  # report["original"]: framework, size, latency, task metric, MACs/parameters
+
+
+@dataclass
+class CheckedOnnx:
+    """Stage 2: the (pruned) model exported to ONNX and checked against it on the held-out data."""
+
+    model: SourceModel  # what was exported: the source, or the pruned module
+    path: Path
+    check: dict
+    outputs: list[TensorSpec]
+    complexity: dict  # MACs / parameters of the model that is built
+    pruning: dict | None
+
+
+@dataclass
+class Int8Graph:
+    """Stage 3: edgekit's shared int8 graph (what int8_graph backends build from) and the accuracy fallback."""
+
+    mode: str  # static | dynamic
+    path: Path | None = None
+    error: str | None = None
+    fallback: dict | None = None
+
+    @property
+    def float_nodes(self) -> tuple[str, ...]:
+        """Layers the accuracy fallback keeps in float in every int8 build."""
+        return tuple(self.fallback["kept_float"]) if self.fallback else ()
+
+
 def _run(
     opts,
     target: Target,
@@ -406,118 +445,56 @@ def _run(
     out: Path,
     log: Progress,
 ) -> dict:
-    calib, evalset, train = data
+    calib, evalset = data[:2]
     staged = scratch / "out"
     (staged / "onnx").mkdir(parents=True)
-    with log.step("measuring the original model", WEIGHT_STAGE, len(evalset) + opts.warmup + opts.runs) as advance:
-        reference, original = _measure_original(source, evalset, opts, advance)
-    own = compare(reference, reference, evalset.labels).get("task_metric")
-    if own is not None:
-        original["task_metric"] = {"name": own["name"], "value": own["original"]}
     store = BuildCache(cache_dir() if opts.cache else None)
-    onnx_fp32 = staged / "onnx" / "model.onnx"
-    export_key = None
-    if store.enabled and opts.prune is None:
-        parts = {"source": source_digest(source), "inputs": [s.to_json() for s in specs], "model": opts.model}
-        export_key = make_key("export", parts)
-    exported_before = export_key and store.get(export_key, scratch / f"cached_{export_key}")
-    complexity = exported_before["complexity"] if exported_before else _complexity(source, specs, calib)
-    original.update(complexity)
-
-    pruning, exported, exported_reference = None, source, reference
-    if opts.prune is not None:
-        exported, pruning = _prune(opts.prune, source, specs, (calib, evalset, train), reference, log)
-        exported_reference = _outputs(exported.as_function(), evalset)
-        complexity = {"macs": pruning["macs_after"], "params": pruning["params_after"]}
-
-    what = "pruned model" if pruning else "original"
-    with log.step(f"exporting to ONNX and checking it against the {what}", WEIGHT_STAGE):
-        onnx_check = None
-        if exported_before:  # the cached export is used only if it still matches the model's outputs
-            shutil.copyfile(scratch / f"cached_{export_key}" / onnx_fp32.name, onnx_fp32)
-            with contextlib.suppress(EdgekitError):
-                onnx_check = _check_onnx(onnx_fp32, evalset, exported_reference)
-                log("ONNX export reused from the cache (checked against the original)")
-        if onnx_check is None:
-            onnx_hub.export_onnx(exported, specs, onnx_fp32)
-            if not complexity:  # sources the framework counters cannot follow are counted on the exported graph
-                complexity = _onnx_complexity(onnx_fp32, specs)
-                original.update(complexity)
-            onnx_check = _check_onnx(onnx_fp32, evalset, exported_reference)
-            if export_key:
-                store.put(export_key, onnx_fp32, {"kind": "export", "complexity": complexity})
-        out_specs = onnx_hub.onnx_output_specs(onnx_fp32)
-
+    original = _original(source, evalset, opts, log)
+    onnx = _export(opts, source, specs, data, original, (store, scratch, staged), log)
     calib_digest = data_digest(calib)
-    onnx_qdq, qdq_error, fallback = None, None, None
-    budget = opts.budgets.max_accuracy_drop
-    mode = onnx_hub.int8_mode(onnx_fp32, specs, opts.quant)
-    if "int8" in precisions:
-        if {"onnxruntime", "tvm"} & set(backends) or budget is not None:
-            shared = (store, calib_digest, scratch)
-            onnx_qdq, qdq_error = _shared_int8_graph(onnx_fp32, staged / "onnx", calib, opts.quant, mode, shared, log)
-        else:
-            log.done(WEIGHT_CALIBRATION)
-        if onnx_qdq is not None and budget is not None and mode != "dynamic":
-            with log.step("accuracy fallback: finding the int8-sensitive layers", WEIGHT_FALLBACK):
-                fallback = _accuracy_fallback(onnx_fp32, onnx_qdq, calib, budget, log, (store, calib_digest, scratch))
-        elif budget is not None:
-            if onnx_qdq is not None:
-                log("accuracy fallback skipped: it works on static (QDQ) graphs; the budget still gates the run")
-            log.done(WEIGHT_FALLBACK)
-
+    int8 = _quantize(opts, onnx, specs, calib, precisions, backends, (store, calib_digest, scratch), log)
     calib_npz, eval_npz = scratch / "calib.npz", scratch / "eval_inputs.npz"
     np.savez(calib_npz, **calib.inputs)
     np.savez(eval_npz, **evalset.inputs)
+    needs_torch = any(backend_spec(b).source == "pytorch" for b in backends)
     run = _BuildRun(
-        tuple(fallback["kept_float"]) if fallback else (),
         opts,
         target,
         runner,
-        onnx_fp32,
-        onnx_qdq,
-        qdq_error,
+        original,
+        onnx,
+        int8,
         calib,
         evalset,
         specs,
-        out_specs,
-        reference,
-        original,
         calib_npz,
         eval_npz,
         scratch,
         staged,
-        complexity,
-        _save_torch(exported, scratch) if set(backends) & {"coreml", "hls4ml"} else None,
-        mode,
-        _save_tf(source, scratch) if "tflite" in backends and source.is_tf else None,
+        _save_torch(onnx.model, scratch) if needs_torch else None,
+        _save_tf(source, scratch) if source.is_tf and any(backend_spec(b).tf_native for b in backends) else None,
         store,
         {"calib": calib_digest, "tf_source": file_digest(Path(opts.model)) if source.is_tf else None},
-        {"eval": data_digest(evalset), "reference": arrays_digest([*reference, *_labels(evalset)])},
+        {"eval": data_digest(evalset), "reference": arrays_digest([*original.outputs, *_labels(evalset)])},
         log,
     )
-    builds = []
-    for precision in precisions:
-        for backend in backends:
-            row = _build_and_check(run, backend, precision)
-            builds.append(row)
-            reason = f" ({row['reason']})" if row.get("reason") else ""
-            log(f"{backend} {precision}: {row['status']}{_reused(row)}{reason}")
+    builds = _build_all(run, [(backend, precision) for precision in precisions for backend in backends])
     flag_degraded(builds)
     layer_diffs = None
     if opts.layer_diff:
         with log.step("per-layer error of the lossy builds (edgekit diff)", WEIGHT_STAGE):
-            layer_diffs = _layer_diffs(onnx_fp32, staged, builds, evalset)
+            layer_diffs = _layer_diffs(onnx.path, staged, builds, evalset)
     report = {
+        "schema_version": SCHEMA_VERSION,
         "edgekit_version": _version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "target": {"name": target.name, "triple": target.triple, "cpu": target.cpu, "description": target.description},
         "runner": runner.describe(),
         "model": {
             "inputs": [s.to_json() for s in specs],
-            "outputs": [s.to_json() for s in out_specs],
+            "outputs": [s.to_json() for s in onnx.outputs],
             "layout": _layout(source, specs),
-            **complexity,
+            **onnx.complexity,
         },
         "data": {
             "calibration": {"source": calib.source, "samples": len(calib)},
@@ -527,20 +504,21 @@ def _run(
             "warmup": opts.warmup,
             "runs": opts.runs,
             "threads": opts.threads,
+            "jobs": opts.jobs,
             "precisions": list(precisions),
             "backends": list(backends),
-            "quantization": {**asdict(opts.quant), "int8_mode": mode},
+            "quantization": {**asdict(opts.quant), "int8_mode": int8.mode},
             "recipe": opts.recipe,
             "cache": str(store.root) if store.enabled else "off",
         },
-        "original": original,
+        "original": original.info,
         "onnx": {
             "path": "onnx/model.onnx",
-            "check": onnx_check,
-            "qdq": f"onnx/{onnx_qdq.name}" if onnx_qdq else None,
+            "check": onnx.check,
+            "qdq": f"onnx/{int8.path.name}" if int8.path else None,
         },
-        "pruning": pruning,
-        "accuracy_fallback": fallback,
+        "pruning": onnx.pruning,
+        "accuracy_fallback": int8.fallback,
         "builds": builds,
         "layer_diff": layer_diffs,
         "not_verified": _not_verified(target, runner, backends),
@@ -555,6 +533,92 @@ def _run(
     report = _final_paths(report, {str(staged): str(out), str(scratch): "(edgekit's work folder)"})
     write_report(report, staged)
     return report
+
+
+def _original(source: SourceModel, evalset: Dataset, opts: ConvertOptions, log: Progress) -> Original:
+    with log.step("measuring the original model", WEIGHT_STAGE, len(evalset) + opts.warmup + opts.runs) as advance:
+        reference, info = _measure_original(source, evalset, opts, advance)
+    own = compare(reference, reference, evalset.labels).get("task_metric")
+    if own is not None:
+        info["task_metric"] = {"name": own["name"], "value": own["original"]}
+    return Original(reference, info)
+
+
+def _export(
+    opts: ConvertOptions,
+    source: SourceModel,
+    specs: list[TensorSpec],
+    data: tuple[Dataset, Dataset, Dataset | None],
+    original: Original,
+    where: tuple[BuildCache, Path, Path],
+    log: Progress,
+) -> CheckedOnnx:
+    """Prune (if asked), export to ONNX (or reuse a cached export that still matches), check it."""
+    store, scratch, staged = where
+    calib, evalset = data[:2]
+    path = staged / "onnx" / "model.onnx"
+    export_key = None
+    if store.enabled and opts.prune is None:
+        parts = {"source": source_digest(source), "inputs": [s.to_json() for s in specs], "model": opts.model}
+        export_key = make_key("export", parts)
+    exported_before = export_key and store.get(export_key, scratch / f"cached_{export_key}")
+    complexity = exported_before["complexity"] if exported_before else _complexity(source, specs, calib)
+    original.info.update(complexity)
+
+    pruning, exported, exported_reference = None, source, original.outputs
+    if opts.prune is not None:
+        exported, pruning = _prune(opts.prune, source, specs, data, original.outputs, log)
+        exported_reference = _outputs(exported.as_function(), evalset)
+        complexity = {"macs": pruning["macs_after"], "params": pruning["params_after"]}
+
+    what = "pruned model" if pruning else "original"
+    with log.step(f"exporting to ONNX and checking it against the {what}", WEIGHT_STAGE):
+        check = None
+        if exported_before:  # the cached export is used only if it still matches the model's outputs
+            shutil.copyfile(scratch / f"cached_{export_key}" / path.name, path)
+            with contextlib.suppress(EdgekitError):
+                check = _check_onnx(path, evalset, exported_reference)
+                log("ONNX export reused from the cache (checked against the original)")
+        if check is None:
+            onnx_hub.export_onnx(exported, specs, path)
+            if not complexity:  # sources the framework counters cannot follow are counted on the exported graph
+                complexity = _onnx_complexity(path, specs)
+                original.info.update(complexity)
+            check = _check_onnx(path, evalset, exported_reference)
+            if export_key:
+                store.put(export_key, path, {"kind": "export", "complexity": complexity})
+        outputs = onnx_hub.onnx_output_specs(path)
+    return CheckedOnnx(exported, path, check, outputs, complexity, pruning)
+
+
+def _quantize(
+    opts: ConvertOptions,
+    onnx: CheckedOnnx,
+    specs: list[TensorSpec],
+    calib: Dataset,
+    precisions,
+    backends,
+    shared: tuple[BuildCache, str, Path],
+    log: Progress,
+) -> Int8Graph:
+    """The shared int8 graph (when a backend builds from it or a budget needs it) and the accuracy fallback."""
+    budget = opts.budgets.max_accuracy_drop
+    int8 = Int8Graph(onnx_hub.int8_mode(onnx.path, specs, opts.quant))
+    if "int8" not in precisions:
+        return int8
+    if any(backend_spec(b).int8_graph for b in backends) or budget is not None:
+        folder = onnx.path.parent
+        int8.path, int8.error = _shared_int8_graph(onnx.path, folder, calib, opts.quant, int8.mode, shared, log)
+    else:
+        log.done(WEIGHT_CALIBRATION)
+    if int8.path is not None and budget is not None and int8.mode != "dynamic":
+        with log.step("accuracy fallback: finding the int8-sensitive layers", WEIGHT_FALLBACK):
+            int8.fallback = _accuracy_fallback(onnx.path, int8.path, calib, budget, log, shared)
+    elif budget is not None:
+        if int8.path is not None:
+            log("accuracy fallback skipped: it works on static (QDQ) graphs; the budget still gates the run")
+        log.done(WEIGHT_FALLBACK)
+    return int8
 
 
 def _reused(row: dict) -> str:
@@ -574,7 +638,7 @@ def _layer_diffs(onnx_fp32: Path, staged: Path, builds: list[dict], evalset: Dat
     found = {}
     for row in builds:
         name = f"{row['backend']}_{row.get('requested_precision', row['precision'])}"
-        if row["status"] != "ok" or row["backend"] not in diff.SUPPORTED or row["precision"] == "fp32":
+        if row["status"] != "ok" or backend_spec(row["backend"]).layer_diff or row["precision"] == "fp32":
             continue
         try:
             result = diff.layer_diff(onnx_fp32, staged / name, evalset.sample(0))
@@ -800,38 +864,64 @@ def _check_onnx(path: Path, evalset: Dataset, reference: list[np.ndarray]) -> di
 
 @dataclass
 class _BuildRun:
-    """What every build of one convert run shares."""
+    """What every build of one convert run shares: the stages' results, the data and where things go."""
 
-    float_nodes: tuple[str, ...]
     opts: ConvertOptions
     target: Target
     runner: Runner
-    onnx_fp32: Path
-    onnx_qdq: Path | None
-    qdq_error: str | None
+    original: Original
+    onnx: CheckedOnnx
+    int8: Int8Graph
     calib: Dataset
     evalset: Dataset
     specs: list[TensorSpec]
-    out_specs: list[TensorSpec]
-    reference: list[np.ndarray]
-    original: dict
     calib_npz: Path
     eval_npz: Path
     scratch: Path
     staged: Path
-    complexity: dict  # MACs / parameters of the model that was built (after pruning)
-    torch_model: Path | None  # that model pickled, for converters that start from PyTorch (Core ML, hls4ml)
-    int8_mode: str  # static | dynamic
+    torch_model: Path | None  # the built model pickled, for converters that start from PyTorch (Core ML, hls4ml)
     tf_model: Path | None  # a TensorFlow source as a SavedModel folder or .tflite, for TFLite's own converter
     cache: BuildCache
     digests: dict  # content hashes of the calibration data and of a TensorFlow source (build cache keys)
     check_digests: dict  # of the held-out data and the original's outputs on it (measurement cache keys)
     progress: Progress
+    lock: threading.Lock = field(default_factory=threading.Lock)  # builds report progress from several threads
 
 
-def _build_and_check(run: _BuildRun, backend: str, precision: str) -> dict:
-    """Build one backend × precision in a worker process, run it on the device, compare it with the original."""
-    name, opts = f"{backend}_{precision}", run.opts
+@contextlib.contextmanager
+def _step(run: _BuildRun, description: str, weight: float) -> Iterator[None]:
+    """A progress step entered and left under the run's lock (builds report from several threads)."""
+    with run.lock:
+        step = run.progress.step(description, weight)
+        step.__enter__()
+    try:
+        yield
+    finally:
+        with run.lock:
+            step.__exit__(None, None, None)
+
+
+def _build_all(run: _BuildRun, pairs: list[tuple[str, str]]) -> list[dict]:
+    """Build every backend × precision, up to ``--jobs`` at once (each converter is its own process), then
+    check the builds on the device one after another, so that no conversion runs while a build is timed."""
+    with ThreadPoolExecutor(max_workers=min(run.opts.jobs, len(pairs))) as pool:
+        built = list(pool.map(lambda pair: _build(run, *pair), pairs))
+    rows = []
+    for (backend, precision), (row, build) in zip(pairs, built, strict=True):
+        if build is None:
+            run.progress.done(WEIGHT_CHECK)
+        else:
+            with run.progress.step(f"checking {backend} {precision} on {run.runner.label()}", WEIGHT_CHECK):
+                row = _check_build(run, backend, build, row)
+        rows.append(row)
+        reason = f" ({row['reason']})" if row.get("reason") else ""
+        run.progress(f"{backend} {precision}: {row['status']}{_reused(row)}{reason}")
+    return rows
+
+
+def _build(run: _BuildRun, backend: str, precision: str) -> tuple[dict, dict | None]:
+    """Build one backend × precision in a worker process (or take it from the cache): (row, build or None)."""
+    name, opts, spec = f"{backend}_{precision}", run.opts, backend_spec(backend)
     row: dict = {
         "backend": backend,
         "precision": precision,
@@ -845,34 +935,34 @@ def _build_and_check(run: _BuildRun, backend: str, precision: str) -> dict:
     }
     out_dir = run.staged / name
 
-    def unbuilt(status: str, reason: str) -> dict:
+    def unbuilt(status: str, reason: str) -> tuple[dict, None]:
         shutil.rmtree(out_dir, ignore_errors=True)
         row.update(status=status, reason=reason)
-        return row
+        return row, None
 
-    if precision == "int8" and backend in ("onnxruntime", "tvm") and run.onnx_qdq is None:
-        run.progress.done(WEIGHT_BUILD + WEIGHT_CHECK)
-        return unbuilt("failed", run.qdq_error or "no int8 QDQ graph")
+    if precision == "int8" and spec.int8_graph and run.int8.path is None:
+        run.progress.done(WEIGHT_BUILD)
+        return unbuilt("failed", run.int8.error or "no int8 QDQ graph")
     ctx = BuildContext(
-        onnx_fp32=run.onnx_fp32,
-        onnx_qdq=run.onnx_qdq,
+        onnx_fp32=run.onnx.path,
+        onnx_qdq=run.int8.path if spec.int8_graph else None,
         precision=precision,
         target=run.target,
         calib=run.calib,
         inputs=run.specs,
-        outputs=run.out_specs,
+        outputs=run.onnx.outputs,
         out_dir=out_dir,
         work_dir=run.scratch / f"work_{name}",
-        float_nodes=run.float_nodes if precision == "int8" else (),
-        torch_model=run.torch_model,
-        tf_model=run.tf_model,
+        float_nodes=run.int8.float_nodes if precision == "int8" else (),
+        torch_model=run.torch_model if spec.source == "pytorch" else None,
+        tf_model=run.tf_model if spec.tf_native else None,
         options=opts.backend_options.get(backend, {}),
         quant=opts.quant,
-        int8_mode=run.int8_mode,
+        int8_mode=run.int8.mode,
     )
     key = _build_key(run, ctx)
     t0 = time.perf_counter()
-    with run.progress.step(f"building {backend} {precision}", WEIGHT_BUILD):
+    with _step(run, f"building {backend} {precision}", WEIGHT_BUILD):
         entry = run.cache.get(key, out_dir)
         if entry is not None:
             result = entry["result"]
@@ -881,12 +971,10 @@ def _build_and_check(run: _BuildRun, backend: str, precision: str) -> dict:
             result = _build_in_worker(run, backend, ctx)
     row["build_s"] = round(time.perf_counter() - t0, 2)
     if result["status"] != "ok":
-        run.progress.done(WEIGHT_CHECK)
         return unbuilt(result["status"], result["reason"])
     if entry is None:
         run.cache.put(key, out_dir, {"kind": "build", "result": result, "build_s": row["build_s"]})
-    with run.progress.step(f"checking {backend} {precision} on {run.runner.label()}", WEIGHT_CHECK):
-        return _check_build(run, backend, result["build"], row)
+    return row, result["build"]
 
 
 def _build_key(run: _BuildRun, ctx: BuildContext) -> str:
@@ -914,7 +1002,7 @@ def _build_in_worker(run: _BuildRun, backend: str, ctx: BuildContext) -> dict:
     """Run one converter in its own process; its output goes to ``logs/BUILD.log`` in the output folder."""
     name = ctx.out_dir.name
     job = run.scratch / f"job_{name}.json"
-    job.write_text(json.dumps(job_to_json(backend, ctx, run.calib_npz, run.opts.target)))
+    job.write_text(json.dumps(job_to_json(backend, ctx, run.calib_npz)))
     timeout = run.opts.timeout_s
     try:
         proc = run_process([sys.executable, "-m", "edgekit.build_worker", str(job)], timeout=timeout)
@@ -924,7 +1012,8 @@ def _build_in_worker(run: _BuildRun, backend: str, ctx: BuildContext) -> dict:
     logs.mkdir(exist_ok=True)
     (logs / f"{name}.log").write_text(proc.stdout + proc.stderr)
     if run.progress.verbose:
-        run.progress(f"{name} converter output:\n{proc.stdout}{proc.stderr}".rstrip())
+        with run.lock:
+            run.progress(f"{name} converter output:\n{proc.stdout}{proc.stderr}".rstrip())
     result_path = job.with_suffix(".result.json")
     if not result_path.exists():
         tail = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1:] or [f"exit code {proc.returncode}"]
@@ -949,8 +1038,8 @@ def _check_build(run: _BuildRun, backend: str, build: dict, row: dict) -> dict:
     files = [f for p in deployable for f in (sorted(p.rglob("*")) if p.is_dir() else [p]) if f.is_file()]
     row["size_bytes"] = sum(f.stat().st_size for f in files)
     row["size_compressed_bytes"] = sum(_deflated_size(f) for f in files)
-    row.update(run.complexity)
-    not_runnable = platform_limit(backend, runner) or runner.cannot_run(backend)
+    row.update(run.onnx.complexity)
+    not_runnable = runner.cannot_run(backend)
     if not_runnable:
         row.update(status="skipped", device="not run", reason=f"built, not run: {not_runnable}")
         return row
@@ -986,7 +1075,7 @@ def _measure(run: _BuildRun, backend: str, build: dict, row: dict, spec: RunSpec
     out_dir = run.staged / name
     try:
         measured = runner.run(out_dir, run.eval_npz, run.scratch / f"run_{name}", spec)
-        row["accuracy"] = compare(run.reference, measured.outputs, run.evalset.labels)
+        row["accuracy"] = compare(run.original.outputs, measured.outputs, run.evalset.labels)
     except (RunnerError, ValueError) as exc:
         row["reason"] = f"built, but the check failed: {one_line(exc)}"
         return False
@@ -998,7 +1087,7 @@ def _measure(run: _BuildRun, backend: str, build: dict, row: dict, spec: RunSpec
     row.update(
         latency_ms=latency_stats(info["latencies_ms"]),
         latencies_ms=[round(t, 4) for t in info["latencies_ms"]],
-        latency_kind="simulated" if backend == "hls4ml" else ("emulated" if runner.emulated else "measured"),
+        latency_kind=_latency_kind(backend, runner),
         load_s=info["load_s"],
         first_inference_ms=info["first_inference_ms"],
         peak_rss_mb=info["peak_rss_mb"],
@@ -1012,9 +1101,9 @@ def _measure(run: _BuildRun, backend: str, build: dict, row: dict, spec: RunSpec
         if key in info:
             row[key] = info[key]
     if runner.name == "host" and row["latency_kind"] == "measured":
-        row["speedup_vs_original"] = run.original["latency_ms"]["p50"] / row["latency_ms"]["p50"]
+        row["speedup_vs_original"] = run.original.info["latency_ms"]["p50"] / row["latency_ms"]["p50"]
     if row["precision"] == "int8":
-        row["executed"] = _executed(run, backend, out_dir, build, row)
+        row["executed"] = _executed(backend, out_dir, row, run.scratch / f"inspect_{name}")
         if row["executed"].get("mostly_float"):
             e = row["executed"]
             row["notes"].append(
@@ -1024,23 +1113,19 @@ def _measure(run: _BuildRun, backend: str, build: dict, row: dict, spec: RunSpec
     return True
 
 
-def _executed(run: _BuildRun, backend: str, out_dir: Path, build: dict, row: dict) -> dict:
-    """What the runtime really executes in int8 (see edgekit.executed); never fails the build."""
-    from edgekit import executed
+def _latency_kind(backend: str, runner: Runner) -> str:
+    kind = backend_spec(backend).latency_kind
+    return "emulated" if kind == "measured" and runner.emulated else kind
 
+
+def _executed(backend: str, out_dir: Path, measured: dict, work: Path) -> dict:
+    """What the runtime really executes in int8 (the backend counts it); never fails the build."""
     try:
-        if backend == "onnxruntime":
-            model = out_dir / build["artifacts"]["model"]  # the .onnx it runs; an .ort came from the shared graph
-            return executed.onnxruntime_execution(model if model.suffix == ".onnx" else run.onnx_qdq, run.scratch)
-        if backend == "tvm":
-            return executed.tvm_execution(run.onnx_qdq)
-        if backend == "tflite":
-            return executed.tflite_execution(out_dir / build["artifacts"]["model"])
-        if backend == "openvino" and row.get("runtime_precisions"):
-            return executed.openvino_execution(row["runtime_precisions"])
+        manifest = json.loads((out_dir / "build.json").read_text())
+        work.mkdir(parents=True, exist_ok=True)
+        return get_converter(backend).executed(out_dir, manifest, measured, work)
     except Exception as exc:  # a runtime that cannot be inspected still ran and was checked
         return {"error": one_line(exc)}
-    return {"unavailable": f"{backend} does not report executed precisions"}
 
 
 def _deflated_size(path: Path) -> int:
@@ -1087,16 +1172,9 @@ def _not_verified(target: Target, runner: Runner, backends) -> list[str]:
             f"not run on a phone: the {target.platform} builds that ran did so on {runner.describe()} — the same "
             "AArch64 CPU kernels, but not the phone's OS, scheduler, NNAPI/GPU delegates or Apple Neural Engine"
         )
-    if "hls4ml" in backends:
-        notes.append(
-            "the FPGA build ran as hls4ml's bit-accurate C-simulation on this host, not on an FPGA; its latency is "
-            "simulation time on this CPU; FPGA latency and resources come only from HLS synthesis (see build notes)"
-        )
-    if "coreml" in backends and platform.system() != "Darwin":
-        notes.append(
-            "Core ML builds were converted and inspected (program, I/O, weight types) but not run: Core ML runs only "
-            "on macOS/iOS; run edgekit on a Mac to check them"
-        )
+    for backend in map(backend_spec, backends):
+        if backend.not_verified and (not backend.host_system or platform.system() != backend.host_system):
+            notes.append(backend.not_verified)
     if runner.emulated:
         notes.append(
             f"outputs and accuracy come from the {target.arch} builds running in an emulated device "

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.converters import backend_spec
 from edgekit.data import TensorSpec
 from edgekit.errors import EdgekitError
 from edgekit.metrics import latency_stats
 from edgekit.runners import Runner, RunnerError, RunSpec, get_runner
-from edgekit.target import load_target
+from edgekit.target import Target, load_target
 
 
 def read_build(build_dir: Path) -> dict:
@@ -68,7 +69,8 @@ def profile_build(build_dir: Path, inputs: Path, device: str | None = None, thre
     manifest = read_build(build_dir)
     arrays = read_inputs(inputs, manifest["input_specs"])
     names = list(arrays)
-    target = load_target(manifest["target"])
+    # the target the build was made for (a custom .toml need not be at hand); older builds name a shipped one
+    target = Target.from_json(manifest["target_spec"]) if "target_spec" in manifest else load_target(manifest["target"])
     runner = get_runner(device or target.runner, target)
     try:
         runner.prepare()
@@ -82,11 +84,16 @@ def _profile_on(
 ) -> dict:
     """Profile on a prepared runner."""
     warmup, runs = runner.repetitions(5, runs)
+    backend = backend_spec(manifest["backend"])
+    reason = runner.cannot_run(backend.name)
+    if reason:
+        raise EdgekitError(f"{runner.describe()} cannot run {backend.name} builds: {reason}", "pick another --device")
     with tempfile.TemporaryDirectory(prefix="edgekit-profile-") as tmp:
         feed = Path(tmp) / "inputs.npz"
         np.savez(feed, **{n: arrays[n][:4] for n in names})
         try:
-            result = runner.run(Path(build_dir).resolve(), feed, Path(tmp), RunSpec(warmup, runs, threads, 1800, True))
+            spec = RunSpec(warmup, runs, threads, 1800, profile=not backend.profiler)
+            result = runner.run(Path(build_dir).resolve(), feed, Path(tmp), spec)
         except RunnerError as exc:
             raise EdgekitError(
                 f"profiling failed on {runner.describe()}: {exc}", "check the build runs with convert"
@@ -102,5 +109,5 @@ def _profile_on(
         "runtime": info["runtime"],
         "threads": info["threads"],
         "latency_ms": latency_stats(info["latencies_ms"]),
-        "profile": info.get("profile", {}),
+        "profile": info.get("profile") or {"unavailable": backend.profiler},
     }

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import procs
+from edgekit.converters import BackendSpec, backend_spec, runtime_modules
 from edgekit.errors import EdgekitError
 from edgekit.runtime import runner_main
 from edgekit.target import Target
@@ -41,8 +42,10 @@ class RunSpec:
     timeout: float = 1800.0
     profile: bool = False
 
-    def args(self) -> list[str]:
+    def args(self, runtime: str) -> list[str]:
+        """The runner's flags; ``runtime`` is the backend's runtime file as the device sees it."""
         flags = ["--warmup", str(self.warmup), "--runs", str(self.runs), "--threads", str(self.threads)]
+        flags += ["--runtime", runtime]
         return [*flags, "--profile"] if self.profile else flags
 
 
@@ -50,20 +53,21 @@ class RunnerError(RuntimeError):
     """The runner could not run the build (crash, timeout, missing runtime)."""
 
 
-def platform_limit(backend: str, runner: Runner) -> str | None:
-    """Why ``runner`` can never run ``backend`` builds for platform reasons (Core ML, hls4ml C-simulation)."""
-    if backend == "coreml" and (runner.name != "host" or platform.system() != "Darwin"):
-        return "Core ML runs only on macOS/iOS (built here; its program inspected, not run)"
-    if backend == "hls4ml" and runner.name != "host":
-        return "the hls4ml C-simulation library is built for this host; FPGA builds are checked on the host"
-    return None
+def build_backend(build_dir: Path) -> BackendSpec:
+    """The capabilities of the backend that made the build in ``build_dir``."""
+    return backend_spec(json.loads((build_dir / "build.json").read_text())["backend"])
 
 
 class Runner(ABC):
-    """Where builds run. ``emulated`` marks latencies that are not device latencies."""
+    """Where builds run. ``name`` is the device kind; ``emulated`` marks latencies that are not device latencies."""
 
     name: str
     emulated = False
+
+    @property
+    def arch(self) -> str:
+        """The device's CPU architecture (as ``platform.machine()`` names it there)."""
+        return platform.machine()
 
     def prepare(self, log=lambda msg: None) -> None:  # noqa: B027 — most devices need no preparation
         """Make the device ready (fail early, with a clear error, before anything is built)."""
@@ -77,7 +81,7 @@ class Runner(ABC):
 
     def cannot_run(self, backend: str) -> str | None:
         """Why this device can never run ``backend`` builds (they are built, kept, and reported skipped)."""
-        return None
+        return backend_spec(backend).device_limit(self.name, self.arch, platform.system())
 
     @abstractmethod
     def run(self, build_dir: Path, inputs: Path, work: Path, spec: RunSpec) -> RunResult:
@@ -117,14 +121,8 @@ class HostRunner(Runner):
 
     def run(self, build_dir: Path, inputs: Path, work: Path, spec: RunSpec) -> RunResult:
         out = work / "run"
-        cmd = [
-            sys.executable,
-            str(RUNNER_SCRIPT),
-            str(build_dir),
-            str(inputs),
-            str(out),
-            *spec.args(),
-        ]
+        runtime = str(build_backend(build_dir).runtime_file)
+        cmd = [sys.executable, str(RUNNER_SCRIPT), str(build_dir), str(inputs), str(out), *spec.args(runtime)]
         try:
             proc = procs.run(cmd, timeout=spec.timeout)
         except subprocess.TimeoutExpired as exc:
@@ -151,11 +149,15 @@ class EmulatedRunner(Runner):
 
         self.target = target
         self.images = emulator.images_for(target.arch)
-        self.arch = target.arch
         self.cpu = target.cpu
         self.rootfs: dict[str, Path] = {}
+        self.modules: dict[str, set[str]] = {}  # image → the Python modules its userland has
         self.errors: dict[str, str] = {}
         self.qemu_version = "?"
+
+    @property
+    def arch(self) -> str:
+        return self.target.arch
 
     def prepare(self, log=lambda msg: None) -> None:
         from edgekit import emulator
@@ -172,6 +174,7 @@ class EmulatedRunner(Runner):
                 continue
             emulator.write_cpu_files(root, self.cpu, os.cpu_count() or 1)
             self.rootfs[image.name] = root
+            self.modules[image.name] = emulator.installed_modules(root)
 
     def describe(self) -> str:
         return f"emulated {self.arch} {self.cpu} (qemu {self.qemu_version} user mode)"
@@ -182,22 +185,31 @@ class EmulatedRunner(Runner):
     def repetitions(self, warmup: int, runs: int) -> tuple[int, int]:
         return min(warmup, self.MAX_WARMUP), min(runs, self.MAX_RUNS)
 
-    def cannot_run(self, backend: str) -> str | None:
-        from edgekit.emulator import NOT_RUNNABLE
+    def _image_for(self, backend: BackendSpec):
+        """The userland that has the backend's runtime; None when no image has it or was assembled."""
+        if not self.rootfs and not self.errors:
+            self.prepare()
+        wanted = set(backend.runtime_modules)
+        return next((i for i in self.images if wanted & self.modules.get(i.name, set())), None)
 
-        return NOT_RUNNABLE.get(self.arch, {}).get(backend)
+    def cannot_run(self, backend: str) -> str | None:
+        spec = backend_spec(backend)
+        limit = super().cannot_run(backend)
+        if limit or self.errors or self._image_for(spec) is not None:
+            return limit  # a userland that failed to assemble fails (not skips) the builds that need it
+        return f"the emulated {self.arch} device has no {backend} runtime ({' or '.join(spec.runtime_modules)})"
 
     def run(self, build_dir: Path, inputs: Path, work: Path, spec: RunSpec) -> RunResult:
         from edgekit.emulator import SITE, qemu_binary
 
-        if not self.rootfs and not self.errors:
-            self.prepare()
-        backend = json.loads((build_dir / "build.json").read_text())["backend"]
-        image = next((i for i in self.images if backend in i.backends), None)
+        backend = build_backend(build_dir)
+        image = self._image_for(backend)
         if image is None:
-            raise RunnerError(f"the emulated {self.arch} device has no {backend} runtime")
-        if image.name not in self.rootfs:
-            raise RunnerError(f"the emulated {image.name} userland could not be assembled: {self.errors[image.name]}")
+            broken = "; ".join(f"{name}: {error}" for name, error in self.errors.items())
+            raise RunnerError(
+                f"the emulated {self.arch} device has no {backend.name} runtime"
+                + (f" (userland not assembled: {broken})" if broken else "")
+            )
         root = self.rootfs[image.name]
         out = work / "run"
         env = {
@@ -219,7 +231,7 @@ class EmulatedRunner(Runner):
             str(build_dir),
             str(inputs),
             str(out),
-            *spec.args(),
+            *spec.args(str(backend.runtime_file)),
         ]
         try:
             proc = procs.run(cmd, timeout=spec.timeout, env=env)
@@ -230,21 +242,84 @@ class EmulatedRunner(Runner):
         return collect_outputs(out)
 
 
-RUNTIME_MODULES = {
-    "tflite": (("ai_edge_litert", "tflite_runtime"), "ai-edge-litert==2.3.0"),
-    "onnxruntime": (("onnxruntime",), "onnxruntime==1.31.1"),
-    "openvino": (("openvino",), "openvino==2026.4.1"),
-    "tvm": (("tvm",), "apache-tvm==0.27.0.post1"),
-}
-PROBE = (
-    "import json, platform, importlib.util as u; "
-    "print(json.dumps({'machine': platform.machine(), 'python': platform.python_version(), "
-    "'have': {m: u.find_spec(m) is not None for m in "
-    "['numpy', 'onnxruntime', 'ai_edge_litert', 'tflite_runtime', 'openvino', 'tvm']}}))"
-)
+def probe_script() -> str:
+    """Python one-liner a device runs to say what it is and which runtimes it has."""
+    modules = ["numpy", *runtime_modules()]
+    return (
+        "import json, platform, importlib.util as u; "
+        "print(json.dumps({'machine': platform.machine(), 'python': platform.python_version(), "
+        f"'have': {{m: u.find_spec(m) is not None for m in {modules!r}}}}}))"
+    )
 
 
-class SshRunner(Runner):
+class RemoteRunner(Runner):
+    """A device reached through a transport (ssh, adb): push the build, the inputs, the runner and the
+    backend's runtime into a private folder there, run under a kill timer, pull the outputs, remove the folder.
+
+    Subclasses move files and run commands; nothing is installed on the device: a missing runtime is named.
+    """
+
+    where = "the device"  # how messages name it
+    python = "python3"
+    facts: dict
+
+    @property
+    def arch(self) -> str:
+        return self.facts.get("machine", "?")
+
+    def install_hint(self, package: str) -> str:
+        return f"on {self.where}: {self.python} -m pip install {package}"
+
+    @abstractmethod
+    def make_folder(self) -> str:
+        """A new private work folder on the device."""
+
+    @abstractmethod
+    def push(self, sources: list[Path], remote: str) -> None:
+        """Copy files and folders into ``remote``."""
+
+    @abstractmethod
+    def execute(self, remote: str, argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+        """Run ``argv`` in ``remote``, killed on the device after ``timeout`` seconds."""
+
+    @abstractmethod
+    def pull(self, remote: str, local: Path) -> None:
+        """Copy the folder ``remote`` into the local folder ``local``."""
+
+    @abstractmethod
+    def remove(self, remote: str) -> None:
+        """Remove the work folder (also after a failure)."""
+
+    def after_run(self, remote: str, build_dir: Path, manifest: dict, spec: RunSpec, result: RunResult) -> None:
+        """Extra measurements with the files still on the device (e.g. a vendor benchmark tool)."""
+
+    def run(self, build_dir: Path, inputs: Path, work: Path, spec: RunSpec) -> RunResult:
+        if not self.facts:
+            self.prepare()
+        manifest = json.loads((build_dir / "build.json").read_text())
+        backend = backend_spec(manifest["backend"])
+        if not any(self.facts["have"].get(m) for m in backend.runtime_modules):
+            hint = self.install_hint(backend.runtime_package)
+            raise RunnerError(f"{self.where} lacks the {backend.name} runtime; {hint}")
+        remote = self.make_folder()
+        try:
+            self.push([build_dir, inputs, RUNNER_SCRIPT, backend.runtime_file], remote)
+            argv = [self.python, RUNNER_SCRIPT.name, build_dir.name, inputs.name, "out"]
+            proc = self.execute(remote, [*argv, *spec.args(backend.runtime_file.name)], spec.timeout)
+            if proc.returncode == 137:
+                raise RunnerError(f"runner on {self.where} timed out after {spec.timeout:.0f} s (killed there)")
+            if proc.returncode != 0:
+                raise RunnerError(f"runner on {self.where} failed: {_failure(proc)}")
+            work.mkdir(parents=True, exist_ok=True)
+            self.pull(f"{remote}/out", work)
+            result = collect_outputs(work / "out")
+            self.after_run(remote, build_dir, manifest, spec, result)
+            return result
+        finally:
+            self.remove(remote)
+
+
+class SshRunner(RemoteRunner):
     """Runs builds on a board over SSH: key auth only, host key checked against known_hosts.
 
     ``ssh://user@host[:port][?key=PATH&known_hosts=PATH&python=python3]``. Artifacts, inputs and the
@@ -253,6 +328,7 @@ class SshRunner(Runner):
     """
 
     name = "ssh"
+    where = "the board"
 
     def __init__(self, url: str) -> None:
         from urllib.parse import parse_qs, urlsplit
@@ -283,10 +359,6 @@ class SshRunner(Runner):
         if "key" in query:
             self.options += ["-i", query["key"], "-o", "IdentitiesOnly=yes"]
         self.facts: dict = {}
-
-    @property
-    def arch(self) -> str:
-        return self.facts.get("machine", "?")
 
     def label(self) -> str:
         return f"ssh {self.host}"
@@ -327,7 +399,7 @@ class SshRunner(Runner):
         import shlex
 
         log(f"connecting to {self.url}")
-        proc = self._ssh(f"{self.python} -c {shlex.quote(PROBE)}", timeout=60)
+        proc = self._ssh(f"{self.python} -c {shlex.quote(probe_script())}", timeout=60)
         if proc.returncode == 255:
             raise self._connection_error(proc)
         if proc.returncode != 0:
@@ -341,48 +413,29 @@ class SshRunner(Runner):
                 f"device {self.url}: numpy is missing on the board", f"on the board: {self.python} -m pip install numpy"
             )
 
-    def run(self, build_dir: Path, inputs: Path, work: Path, spec: RunSpec) -> RunResult:
-        import shlex
-
-        if not self.facts:
-            self.prepare()
-        backend = json.loads((build_dir / "build.json").read_text())["backend"]
-        modules, package = RUNTIME_MODULES[backend]
-        if not any(self.facts["have"].get(m) for m in modules):
-            raise RunnerError(
-                f"the board lacks the {backend} runtime; on the board: {self.python} -m pip install {package}"
-            )
+    def make_folder(self) -> str:
         proc = self._ssh("mktemp -d /tmp/edgekit.XXXXXX")
         if proc.returncode != 0:
             raise RunnerError(f"cannot create a work folder on {self.host}: {_failure(proc)}")
-        remote = proc.stdout.strip()
-        target = f"{self.user}@{self.host}"
-        try:
-            self._scp([str(build_dir), str(inputs), str(RUNNER_SCRIPT)], f"{target}:{remote}/")
-            args = " ".join(
-                shlex.quote(a)
-                for a in [
-                    self.python,
-                    "runner_main.py",
-                    build_dir.name,
-                    inputs.name,
-                    "out",
-                    *spec.args(),
-                ]
-            )
-            proc = self._ssh(
-                f"cd {remote} && TVM_USE_RUNTIME_LIB=1 timeout --foreground -s KILL {int(spec.timeout)} {args}",
-                timeout=spec.timeout + 30,
-            )
-            if proc.returncode == 137:
-                raise RunnerError(f"runner on {self.host} timed out after {spec.timeout:.0f} s (killed there)")
-            if proc.returncode != 0:
-                raise RunnerError(f"runner on {self.host} failed: {_failure(proc)}")
-            work.mkdir(parents=True, exist_ok=True)
-            self._scp([f"{target}:{remote}/out"], str(work))
-        finally:
-            self._ssh(f"rm -rf {remote}")
-        return collect_outputs(work / "out")
+        return proc.stdout.strip()
+
+    def push(self, sources: list[Path], remote: str) -> None:
+        self._scp([str(p) for p in sources], f"{self.user}@{self.host}:{remote}/")
+
+    def execute(self, remote: str, argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+        import shlex
+
+        command = " ".join(shlex.quote(a) for a in argv)
+        return self._ssh(
+            f"cd {remote} && TVM_USE_RUNTIME_LIB=1 timeout --foreground -s KILL {int(timeout)} {command}",
+            timeout=timeout + 30,
+        )
+
+    def pull(self, remote: str, local: Path) -> None:
+        self._scp([f"{self.user}@{self.host}:{remote}"], str(local))
+
+    def remove(self, remote: str) -> None:
+        self._ssh(f"rm -rf {remote}")
 
 
 def get_runner(device: str, target: Target) -> Runner:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -29,6 +29,18 @@ class Target:
     cross_compiler: str = ""
     platform: str = "linux"  # linux | android | ios | fpga
     extra: dict = field(default_factory=dict, hash=False, compare=False)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> Target:
+        """The target a build manifest or a build job recorded (lists back to tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+    def options(self, backend: str) -> dict:
+        """The target file's table for ``backend`` (e.g. ``[onnxruntime] format = "ort"``)."""
+        return self.extra.get(backend, {})
 
     def tvm_target(self) -> dict:
         """The JSON-dict LLVM target TVM 0.27 expects."""
@@ -83,19 +95,20 @@ def _field(path: Path, data: dict, key: str, kind: type, default=None):
 
 
 def _target_from(path: Path, data: dict) -> Target:
-    from edgekit.converters import BACKENDS
+    from edgekit.converters import backend_names
 
     precision = data.get("default_precision", "fp32")
     defaults = tuple(precision) if isinstance(precision, list) else (precision,)
     if not defaults or any(p not in PRECISIONS for p in defaults):
         raise EdgekitError(f"target {path}: default_precision {precision!r}", f"use one or more of {PRECISIONS}")
     backends = _field(path, data, "backends", list)
-    unknown = [b for b in backends if b not in BACKENDS]
+    known = backend_names()
+    unknown = [b for b in backends if b not in known]
     if not backends or unknown:
         raise EdgekitError(
             f"target file {path}: backends {list(backends)} "
             + (f"include unknown {unknown}" if unknown else "is empty"),
-            f"use some of {', '.join(BACKENDS)}",
+            f"use some of {', '.join(known)}",
         )
     return Target(
         name=_field(path, data, "name", str, path.stem),

@@ -30,13 +30,11 @@ from edgekit.onnx_hub import has_float_inputs
 
 ONNX2TF_TIMEOUT_S = 1800
 SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+TFLITE_COMPUTE = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "TRANSPOSE_CONV", "CONV_3D"}
 SUFFIX = {"fp32": "float32", "fp16": "float16", "int8": "full_integer_quant", "int8-dynamic": "dynamic_range_quant"}
 
 
 class TfliteConverter(Converter):
-    name = "tflite"
-    precisions = ("fp32", "fp16", "int8")
-
     def build(self, ctx: BuildContext) -> BuildResult:
         self.check_precision(ctx.precision)
         if ctx.tf_model is not None:
@@ -134,7 +132,7 @@ class TfliteConverter(Converter):
         import onnxruntime as ort
         from ai_edge_litert.interpreter import Interpreter
 
-        from edgekit.runtime.runner_main import load_tflite
+        from .runtime import load as load_tflite
 
         interp = Interpreter(model_path=str(model_path))
         interp.allocate_tensors()
@@ -179,6 +177,32 @@ class TfliteConverter(Converter):
             used.add(best[1])
             outputs.append({"name": spec.name, "index": best[1], "perm": best[2], "raw": raw[best[1]]})
         return inputs, outputs
+
+    def executed(self, build_dir: Path, manifest: dict, measured: dict, work: Path) -> dict:
+        """Compute ops whose activation or weight tensors are 8-bit (full-integer or dynamic-range kernels)."""
+        from ai_edge_litert.interpreter import Interpreter
+
+        from edgekit.executed import summary
+
+        interp = Interpreter(model_path=str(build_dir / manifest["artifacts"]["model"]))
+        types = {t["index"]: t["dtype"].__name__ for t in interp.get_tensor_details()}
+        int8 = floating = 0
+        for op in interp._get_ops_details():  # LiteRT's only op listing API
+            if op["op_name"] not in TFLITE_COMPUTE:
+                continue
+            inputs = [types.get(i, "") for i in op["inputs"][:2] if i >= 0]
+            if any(t in ("int8", "uint8") for t in inputs):
+                int8 += 1
+            else:
+                floating += 1
+        return summary(int8, floating, "TFLite tensor types of compute ops")
+
+    def missing_ops(self, graph: Path, ops: dict[str, int], module=None) -> dict[str, int]:
+        """ONNX operators onnx2tf has no converter for."""
+        import onnx2tf
+
+        known = {p.stem for p in (Path(onnx2tf.__file__).parent / "ops").glob("*.py")}
+        return {op: n for op, n in ops.items() if op not in known}
 
 
 def _onnx2tf_error(log: str) -> str:

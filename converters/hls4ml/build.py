@@ -82,9 +82,6 @@ def _merge(base: dict, override: dict) -> dict:
 
 
 class Hls4mlConverter(Converter):
-    name = "hls4ml"
-    precisions = ("fp32", "fp16", "int8")
-
     def build(self, ctx: BuildContext) -> BuildResult:
         import hls4ml
         import torch
@@ -178,6 +175,16 @@ class Hls4mlConverter(Converter):
             synthesis=synth,
         )
         return result
+
+    def missing_ops(self, graph: Path, ops: dict[str, int], module=None) -> dict[str, int]:
+        """PyTorch layer types of ``module`` that hls4ml has no implementation for."""
+        from collections import Counter
+
+        import hls4ml.converters
+
+        supported = set(hls4ml.converters.get_supported_pytorch_layers())
+        leaves = Counter(type(m).__name__ for m in module.modules() if not list(m.children()))
+        return {k: n for k, n in leaves.items() if k not in supported and k not in ("Identity", "Dropout")}
 
 
 def fuse(module):

@@ -8,15 +8,20 @@ import sys
 from pathlib import Path
 
 import onnx
-from edgekit.converters.base import BuildContext, BuildResult, Converter, io_by_name, write_manifest
+from edgekit.converters.base import (
+    BuildContext,
+    BuildResult,
+    Converter,
+    Refused,
+    built_from,
+    io_by_name,
+    write_manifest,
+)
 
 from edgekit.onnx_hub import quantize_qdq, x86_without_vnni
 
 
 class OnnxRuntimeConverter(Converter):
-    name = "onnxruntime"
-    precisions = ("fp32", "fp16", "int8")
-
     def build(self, ctx: BuildContext) -> BuildResult:
         self.check_precision(ctx.precision)
         dst = ctx.out_dir / f"model_{ctx.precision}.onnx"
@@ -45,7 +50,7 @@ class OnnxRuntimeConverter(Converter):
         else:
             shutil.copyfile(ctx.onnx_fp32, dst)
         artifacts = {"model": dst.name}
-        if ctx.target.extra.get("onnxruntime", {}).get("format") == "ort":
+        if ctx.target.options(self.name).get("format") == "ort":
             artifacts = to_ort_format(dst, ctx.work_dir, ctx.target.arch)
             notes.append(
                 "ONNX Runtime Mobile: ORT format, optimized for Arm ahead of time ('Fixed' style); "
@@ -54,6 +59,41 @@ class OnnxRuntimeConverter(Converter):
         result = BuildResult(self.name, ctx.precision, artifacts, notes, quantization=quant)
         write_manifest(ctx, result, io_by_name(ctx.inputs), io_by_name(ctx.outputs))
         return result
+
+    @staticmethod
+    def graph(build_dir: Path, manifest: dict) -> Path:
+        """The ONNX graph the build runs: its own .onnx, or (ORT format) the graph it was made from."""
+        model = build_dir / manifest["artifacts"]["model"]
+        return model if model.suffix == ".onnx" else built_from(build_dir, manifest)
+
+    def executed(self, build_dir: Path, manifest: dict, measured: dict, work: Path) -> dict:
+        """int8 vs float compute kernels in the graph ORT runs after its optimizations (on this host)."""
+        import onnxruntime as ort
+
+        from edgekit.executed import onnx_counts, summary
+
+        optimized = work / "ort_optimized.onnx"
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.optimized_model_filepath = str(optimized)
+        ort.InferenceSession(str(self.graph(build_dir, manifest)), opts, providers=["CPUExecutionProvider"])
+        return summary(*onnx_counts(onnx.load(str(optimized))), "ONNX Runtime graph after optimization (this host)")
+
+    def layer_tensors(self, build_dir: Path, manifest: dict, feed: dict, wanted: set[str]) -> tuple[dict, str]:
+        from edgekit.diff import onnx_intermediates
+
+        graph = self.graph(build_dir, manifest)
+        return onnx_intermediates(graph, feed), f"ONNX graph {graph.name} (what {self.name} runs)"
+
+    def missing_ops(self, graph: Path, ops: dict[str, int], module=None) -> dict[str, int]:
+        from edgekit.errors import EdgekitError
+        from edgekit.source import _check_onnx_runs
+
+        try:
+            _check_onnx_runs(graph)
+        except EdgekitError as exc:
+            raise Refused(exc.problem) from exc
+        return {}
 
 
 def _requantize_u8u8(ctx: BuildContext, dst: Path) -> None:

@@ -10,9 +10,18 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+from pathlib import Path
 
 import onnx
-from edgekit.converters.base import BuildContext, BuildResult, Converter, SkipBuild, io_by_name, write_manifest
+from edgekit.converters.base import (
+    BuildContext,
+    BuildResult,
+    Converter,
+    SkipBuild,
+    built_from,
+    io_by_name,
+    write_manifest,
+)
 
 from edgekit.errors import one_line
 
@@ -38,9 +47,6 @@ def compile_library(onnx_path, shapes: dict, target: dict, path, cc: str | None)
 
 
 class TvmConverter(Converter):
-    name = "tvm"
-    precisions = ("fp32", "int8")
-
     def build(self, ctx: BuildContext) -> BuildResult:
         if ctx.precision == "fp16":
             raise SkipBuild("tvm: fp16 builds are not offered (TVM's CPU codegen has no fp16 speed-up on this target)")
@@ -109,3 +115,23 @@ class TvmConverter(Converter):
         compile_library(source, shapes, target, ctx.out_dir / libs[ctx.target.arch], cc)
         if platform.machine() != ctx.target.arch:
             compile_library(source, shapes, host_target(), ctx.out_dir / libs[platform.machine()], None)
+
+    def executed(self, build_dir: Path, manifest: dict, measured: dict, work: Path) -> dict:
+        """TVM's ONNX frontend dequantizes QDQ weights/activations to float kernels; integer MatMuls stay integer."""
+        from edgekit.executed import onnx_counts, summary
+
+        model = onnx.load(str(built_from(build_dir, manifest)), load_external_data=False)
+        return summary(*onnx_counts(model), "TVM Relax lowering of the int8 ONNX graph")
+
+    def layer_tensors(self, build_dir: Path, manifest: dict, feed: dict, wanted: set[str]) -> tuple[dict, str]:
+        from edgekit.diff import onnx_intermediates
+
+        graph = built_from(build_dir, manifest)
+        return onnx_intermediates(graph, feed), f"ONNX graph {graph.name} (what {self.name} was built from)"
+
+    def missing_ops(self, graph: Path, ops: dict[str, int], module=None) -> dict[str, int]:
+        """ONNX operators the Relax frontend has no converter for."""
+        from tvm.relax.frontend.onnx import onnx_frontend
+
+        known = set(onnx_frontend._get_convert_map())
+        return {op: n for op, n in ops.items() if op not in known}

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import re
+from pathlib import Path
 
-from edgekit.converters.base import BuildContext, BuildResult, Converter, io_by_name, write_manifest
+import numpy as np
+from edgekit.converters.base import BuildContext, BuildResult, Converter, Refused, io_by_name, write_manifest
 
+from edgekit.errors import one_line
 from edgekit.onnx_hub import x86_without_vnni
 
 
@@ -41,9 +45,6 @@ def _nncf_settings(quant, arch: str):
 
 
 class OpenVinoConverter(Converter):
-    name = "openvino"
-    precisions = ("fp32", "fp16", "int8")
-
     def build(self, ctx: BuildContext) -> BuildResult:
         import nncf
         import openvino as ov
@@ -91,3 +92,52 @@ class OpenVinoConverter(Converter):
         # OpenVINO's CPU plugin defaults to bf16 on CPUs with AVX512-BF16: pin f32 so the check is honest.
         write_manifest(ctx, result, io_by_name(ctx.inputs), io_by_name(ctx.outputs), inference_precision="f32")
         return result
+
+    def executed(self, build_dir: Path, manifest: dict, measured: dict, work: Path) -> dict:
+        """From the device's runtime precisions (every executed layer, as OpenVINO reports them)."""
+        from edgekit.executed import summary
+
+        precisions = measured.get("runtime_precisions")
+        if not precisions:
+            return super().executed(build_dir, manifest, measured, work)
+        int8 = sum(n for p, n in precisions.items() if p in ("i8", "u8"))
+        return summary(int8, sum(precisions.values()) - int8, "OpenVINO runtime precision per executed layer")
+
+    def layer_tensors(self, build_dir: Path, manifest: dict, feed: dict, wanted: set[str]) -> tuple[dict, str]:
+        """Intermediate tensors read from the OpenVINO runtime (IRs keep ONNX tensor names)."""
+        import openvino as ov
+
+        core = ov.Core()
+        model = core.read_model(str(build_dir / manifest["artifacts"]["model"]))
+        outputs = []
+        for op in model.get_ordered_ops():
+            if op.get_type_name() in ("Parameter", "Constant", "Result"):
+                continue
+            outputs += [port for port in op.outputs() if port.get_names() & wanted]
+        model.add_outputs(outputs)
+        compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        result = compiled.create_infer_request().infer(feed)
+        found = {}
+        for port in compiled.outputs:
+            for name in port.get_names():
+                if name in wanted:
+                    found[name] = np.asarray(result[port])
+        return found, "OpenVINO runtime"
+
+    def missing_ops(self, graph: Path, ops: dict[str, int], module=None) -> dict[str, int]:
+        """Operators the CPU plugin does not support (``query_model``)."""
+        import openvino as ov
+
+        try:
+            model = ov.convert_model(str(graph))
+        except Exception as exc:
+            raise Refused(f"OpenVINO cannot convert the graph ({one_line(exc, 200)})") from exc
+        supported = ov.Core().query_model(model, "CPU")
+        skip = ("Parameter", "Result", "Constant")
+        return dict(
+            collections.Counter(
+                op.get_type_name()
+                for op in model.get_ordered_ops()
+                if op.get_friendly_name() not in supported and op.get_type_name() not in skip
+            )
+        )

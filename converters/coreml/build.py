@@ -43,14 +43,11 @@ def inspect_program(mlmodel) -> dict:
 
 
 class CoreMlConverter(Converter):
-    name = "coreml"
-    precisions = ("fp32", "fp16", "int8")
-
     def build(self, ctx: BuildContext) -> BuildResult:
         import coremltools as ct
 
         self.check_precision(ctx.precision)
-        settings = {"minimum_deployment_target": "iOS16", **ctx.target.extra.get("coreml", {}), **ctx.options}
+        settings = {"minimum_deployment_target": "iOS16", **ctx.target.options(self.name), **ctx.options}
         traced = _load_traced(ctx)
         mlmodel = ct.convert(
             traced,
