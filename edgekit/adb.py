@@ -21,7 +21,15 @@ from urllib.parse import parse_qs, urlsplit
 
 from edgekit import procs
 from edgekit.errors import EdgekitError
-from edgekit.runners import RUNNER_SCRIPT, RemoteRunner, RunnerError, RunResult, RunSpec, probe_script
+from edgekit.runners import (
+    RUNNER_SCRIPT,
+    RemoteRunner,
+    RunnerError,
+    RunnerTimeout,
+    RunResult,
+    RunSpec,
+    probe_script,
+)
 
 REMOTE_ROOT = "/data/local/tmp"
 ADB_SERVER_PORT = 5037
@@ -129,7 +137,7 @@ class AdbRunner(RemoteRunner):
         try:
             return procs.run(argv, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
-            raise RunnerError(f"adb timed out after {timeout:.0f} s: {' '.join(argv[:4])}") from exc
+            raise RunnerTimeout(f"adb timed out after {timeout:.0f} s: {' '.join(argv[:4])}") from exc
 
     def label(self) -> str:
         return f"adb {self.serial or self.facts.get('serial', '?')}"

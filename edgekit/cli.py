@@ -217,6 +217,14 @@ def convert_cmd(
         Path | None,
         typer.Option("--eval", rich_help_panel="Data", help="held-out .npz, with 'labels' for task accuracy"),
     ] = None,
+    task_output: Annotated[
+        str | None,
+        typer.Option(
+            rich_help_panel="Data",
+            help="the output that carries classes (name or index; default output 0): top-1 agreement, labels and "
+            "budgets use it; a (samples, steps, classes) output gets per-step agreement",
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option(rich_help_panel="Output", help="output folder (replaced atomically)")] = Path(
         "build"
     ),
@@ -274,6 +282,15 @@ def convert_cmd(
     ] = None,
     max_size_mb: Annotated[
         float | None, typer.Option(rich_help_panel="Budgets and CI", help="budget: deployable artifact size in MB")
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            rich_help_panel="Budgets and CI",
+            help="time limit in seconds per build and per device check (default: builds 1800 s, checks "
+            "20× the original's time for the same inferences, ×400 emulated, at least 300 s); a build past it "
+            "fails with the reason and the rest of the report is written",
+        ),
     ] = None,
     baseline: Annotated[
         Path | None,
@@ -435,6 +452,7 @@ def convert_cmd(
             warmup=v.warmup,
             threads=v.threads,
             jobs=v.jobs,
+            timeout_s=v.timeout,
             budgets=Budgets(v.min_top1_agreement, v.min_cosine, v.max_accuracy_drop, v.max_latency_ms, v.max_size_mb),
             prune=pruning,
             train=v.train,
@@ -450,6 +468,7 @@ def convert_cmd(
             cache=v.cache,
             recheck=v.recheck,
             layer_diff=v.layer_diff,
+            task_output=v.task_output,
         ),
         v.junit,
         v.quiet,

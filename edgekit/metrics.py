@@ -31,8 +31,21 @@ def is_classifier(output: np.ndarray) -> bool:
     return output.ndim == 2 and output.shape[1] > 1
 
 
-def compare(reference: list[np.ndarray], produced: list[np.ndarray], labels: np.ndarray | None = None) -> dict:
-    """max-abs error, cosine (mean and worst sample), top-1 agreement and task accuracy of output 0."""
+def is_sequence(output: np.ndarray) -> bool:
+    """A (N, T, C) output with C > 1: class scores per time step."""
+    return output.ndim == 3 and output.shape[2] > 1
+
+
+def compare(
+    reference: list[np.ndarray],
+    produced: list[np.ndarray],
+    labels: np.ndarray | None = None,
+    task_output: int = 0,
+    sequence: bool = False,
+) -> dict:
+    """max-abs error and cosine (mean and worst sample) of every output; top-1 agreement and task accuracy of
+    the class output ``task_output`` when it is (N, C); per-time-step agreement when ``sequence`` says that a
+    (N, T, C) task output carries classes per step."""
     if len(reference) != len(produced):
         raise ValueError(f"build returned {len(produced)} outputs, the original {len(reference)}")
     per_output = []
@@ -54,15 +67,22 @@ def compare(reference: list[np.ndarray], produced: list[np.ndarray], labels: np.
     result["cosine_min"] = min(o["cosine_min"] for o in per_output)
     if len(per_output) > 1:
         result["per_output"] = per_output
-    if is_classifier(reference[0]):
-        result["top1_agreement"] = float((reference[0].argmax(1) == produced[0].argmax(1)).mean())
-        result.update(_beyond_top1(reference[0], produced[0]))
+    ref, out = reference[task_output], produced[task_output]
+    if task_output:
+        result["task_output"] = task_output
+    if is_classifier(ref):
+        result["top1_agreement"] = float((ref.argmax(1) == out.argmax(1)).mean())
+        result.update(_beyond_top1(ref, out))
         if labels is not None:
             result["task_metric"] = {
                 "name": "top1_accuracy",
-                "original": float((reference[0].argmax(1) == labels).mean()),
-                "build": float((produced[0].argmax(1) == labels).mean()),
+                "original": float((ref.argmax(1) == labels).mean()),
+                "build": float((out.argmax(1) == labels).mean()),
             }
+    elif sequence and is_sequence(ref):
+        same = ref.argmax(2) == out.argmax(2)
+        result["step_agreement"] = float(same.mean())  # over every sample and time step
+        result["sequence_agreement"] = float(same.all(1).mean())  # samples whose every step agrees
     return result
 
 

@@ -42,12 +42,16 @@ from edgekit.procs import run as run_process
 from edgekit.progress import Advance, Progress, as_progress
 from edgekit.prune import PruneConfig
 from edgekit.recommend import flag_degraded, recommend
-from edgekit.runners import Runner, RunnerError, RunSpec, get_runner
+from edgekit.runners import Runner, RunnerError, RunnerTimeout, RunSpec, get_runner
 from edgekit.safety import Staging, check_output_folder, file_or_folder, regular_file
 from edgekit.source import MODEL_SUFFIXES, SourceModel, load_model
 from edgekit.target import PRECISIONS, Target, load_target
 
 ONNX_COSINE_FLOOR = 0.9999
+BUILD_LIMIT_S = 1800.0  # one conversion, unless --timeout says otherwise
+# A device check may take this many times the original's latency per inference (a slower build is not worth
+# waiting for), emulated devices 400× more (qemu user mode is up to 400× slower), and never less than MIN.
+CHECK_SLOWDOWN, EMULATION_SLOWDOWN, MIN_CHECK_S = 20.0, 400.0, 300.0
 SCHEMA_VERSION = 2  # report.json: 2 added schema_version and build manifests that carry their target and graph
 
 
@@ -84,7 +88,9 @@ class ConvertOptions:
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     jobs: int = field(default_factory=lambda: os.cpu_count() or 1)  # builds converted at once (each its own process)
     budgets: Budgets = field(default_factory=Budgets)
-    timeout_s: float = 1800.0
+    timeout_s: float | None = (
+        None  # per build and per device check; None: builds 1800 s, checks sized from the original
+    )
     prune: PruneConfig | None = None
     train: Path | None = None  # labelled data for pruning recovery (fine-tuning) and Taylor importance
     backend_options: dict[str, dict] = field(default_factory=dict)  # backend → overrides, e.g. hls4ml's config
@@ -97,6 +103,7 @@ class ConvertOptions:
     cache: bool = True  # reuse builds of an unchanged conversion (edgekit.cache)
     recheck: bool = False  # run reused builds on the device again instead of reusing their measurement
     layer_diff: bool = False  # per-layer error of every lossy build (edgekit.diff), in the report and its plots
+    task_output: str | None = None  # the output carrying classes (name or index); default: output 0 if (N, C)
 
     def input_paths(self) -> list[Path]:
         """Every file or folder this run reads: ``--out`` must never contain one of them."""
@@ -115,7 +122,7 @@ class ConvertOptions:
         for flag, value, low in counts:
             if not isinstance(value, numbers.Integral) or value < low:
                 raise EdgekitError(f"{flag} {value} must be an integer ≥ {low}", f"pass {flag} {max(low, 1)} or more")
-        if not self.timeout_s > 0:
+        if self.timeout_s is not None and not self.timeout_s > 0:
             raise EdgekitError(f"timeout {self.timeout_s} s must be positive", "pass a time limit in seconds")
         b = self.budgets
         ranges = (
@@ -383,7 +390,6 @@ def _measure_original(
             f"the original model outputs NaN/inf on the held-out inputs (output {bad[0]})",
             "check the model and the input preprocessing (--mean/--std, dtype); edgekit compares finite outputs",
         )
-    _check_labels(evalset, reference)
     info = {
         "framework": source.framework,
         "location": source.location,
@@ -415,6 +421,7 @@ class CheckedOnnx:
     outputs: list[TensorSpec]
     complexity: dict  # MACs / parameters of the model that is built
     pruning: dict | None
+    task: tuple[int, bool]  # the output that carries classes, and whether the user named it (--task-output)
 
 
 @dataclass
@@ -451,6 +458,10 @@ def _run(
     store = BuildCache(cache_dir() if opts.cache else None)
     original = _original(source, evalset, opts, log)
     onnx = _export(opts, source, specs, data, original, (store, scratch, staged), log)
+    _check_labels(evalset, original.outputs, onnx.task)
+    own = compare(original.outputs, original.outputs, evalset.labels, *onnx.task).get("task_metric")
+    if own is not None:
+        original.info["task_metric"] = {"name": own["name"], "value": own["original"]}
     calib_digest = data_digest(calib)
     int8 = _quantize(opts, onnx, specs, calib, precisions, backends, (store, calib_digest, scratch), log)
     calib_npz, eval_npz = scratch / "calib.npz", scratch / "eval_inputs.npz"
@@ -538,10 +549,22 @@ def _run(
 def _original(source: SourceModel, evalset: Dataset, opts: ConvertOptions, log: Progress) -> Original:
     with log.step("measuring the original model", WEIGHT_STAGE, len(evalset) + opts.warmup + opts.runs) as advance:
         reference, info = _measure_original(source, evalset, opts, advance)
-    own = compare(reference, reference, evalset.labels).get("task_metric")
-    if own is not None:
-        info["task_metric"] = {"name": own["name"], "value": own["original"]}
     return Original(reference, info)
+
+
+def _task_output(wanted: str | None, outputs: list[TensorSpec]) -> tuple[int, bool]:
+    """(index of the output that carries classes, whether the user named it) from ``--task-output``."""
+    if wanted is None:
+        return 0, False
+    names = [o.name for o in outputs]
+    if wanted.isdigit() and int(wanted) < len(names):
+        return int(wanted), True
+    if wanted in names:
+        return names.index(wanted), True
+    raise EdgekitError(
+        f"--task-output '{wanted}' is not an output of the model (outputs: {', '.join(names)})",
+        f"name one of them, or give its index 0..{len(names) - 1}",
+    )
 
 
 def _export(
@@ -576,19 +599,21 @@ def _export(
         check = None
         if exported_before:  # the cached export is used only if it still matches the model's outputs
             shutil.copyfile(scratch / f"cached_{export_key}" / path.name, path)
+            task = _task_output(opts.task_output, onnx_hub.onnx_output_specs(path))
             with contextlib.suppress(EdgekitError):
-                check = _check_onnx(path, evalset, exported_reference)
+                check = _check_onnx(path, evalset, exported_reference, task)
                 log("ONNX export reused from the cache (checked against the original)")
         if check is None:
             onnx_hub.export_onnx(exported, specs, path)
             if not complexity:  # sources the framework counters cannot follow are counted on the exported graph
                 complexity = _onnx_complexity(path, specs)
                 original.info.update(complexity)
-            check = _check_onnx(path, evalset, exported_reference)
+            task = _task_output(opts.task_output, onnx_hub.onnx_output_specs(path))
+            check = _check_onnx(path, evalset, exported_reference, task)
             if export_key:
                 store.put(export_key, path, {"kind": "export", "complexity": complexity})
         outputs = onnx_hub.onnx_output_specs(path)
-    return CheckedOnnx(exported, path, check, outputs, complexity, pruning)
+    return CheckedOnnx(exported, path, check, outputs, complexity, pruning, task)
 
 
 def _quantize(
@@ -668,21 +693,21 @@ def _final_paths(value, mapping: dict[str, str]):
     return value
 
 
-def _check_labels(evalset: Dataset, reference: list[np.ndarray]) -> None:
+def _check_labels(evalset: Dataset, reference: list[np.ndarray], task: tuple[int, bool]) -> None:
     """Labels must be class indices of the model's class output."""
-    labels = evalset.labels
+    labels, index = evalset.labels, task[0]
     if labels is None or not len(labels):
         return
-    if reference[0].ndim != 2 or reference[0].shape[1] < 2:
+    if reference[index].ndim != 2 or reference[index].shape[1] < 2:
         raise EdgekitError(
-            f"labels were given, but output 0 has shape {reference[0].shape}, not (samples, classes)",
-            "drop the labels array, or give a classifier whose first output is class scores",
+            f"labels were given, but output {index} has shape {reference[index].shape}, not (samples, classes)",
+            "name the class output with --task-output NAME, or drop the labels array",
         )
-    classes = reference[0].shape[1]
+    classes = reference[index].shape[1]
     if labels.min() < 0 or labels.max() >= classes:
         raise EdgekitError(
-            f"labels range {int(labels.min())}..{int(labels.max())}, the model has {classes} classes",
-            f"store class indices 0..{classes - 1}",
+            f"labels range {int(labels.min())}..{int(labels.max())}, output {index} has {classes} classes",
+            f"store class indices 0..{classes - 1}, or name the class output with --task-output NAME",
         )
 
 
@@ -841,13 +866,13 @@ def _accuracy_fallback(
     }
 
 
-def _check_onnx(path: Path, evalset: Dataset, reference: list[np.ndarray]) -> dict:
+def _check_onnx(path: Path, evalset: Dataset, reference: list[np.ndarray], task: tuple[int, bool]) -> dict:
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     produced = _outputs(lambda feed: sess.run(None, feed), evalset)
     try:
-        check = compare(reference, produced, evalset.labels)
+        check = compare(reference, produced, evalset.labels, *task)
     except ValueError as exc:
         raise EdgekitError(
             f"the exported ONNX graph disagrees with the original: {exc}",
@@ -905,7 +930,7 @@ def _build_all(run: _BuildRun, pairs: list[tuple[str, str]]) -> list[dict]:
     """Build every backend × precision, up to ``--jobs`` at once (each converter is its own process), then
     check the builds on the device one after another, so that no conversion runs while a build is timed."""
     with ThreadPoolExecutor(max_workers=min(run.opts.jobs, len(pairs))) as pool:
-        built = list(pool.map(lambda pair: _build(run, *pair), pairs))
+        built = list(pool.map(lambda pair: _build(run, *pair, fp32_too=(pair[0], "fp32") in pairs), pairs))
     rows = []
     for (backend, precision), (row, build) in zip(pairs, built, strict=True):
         if build is None:
@@ -919,8 +944,11 @@ def _build_all(run: _BuildRun, pairs: list[tuple[str, str]]) -> list[dict]:
     return rows
 
 
-def _build(run: _BuildRun, backend: str, precision: str) -> tuple[dict, dict | None]:
-    """Build one backend × precision in a worker process (or take it from the cache): (row, build or None)."""
+def _build(run: _BuildRun, backend: str, precision: str, fp32_too: bool) -> tuple[dict, dict | None]:
+    """Build one backend × precision in a worker process (or take it from the cache): (row, build or None).
+
+    int8 in a mode the backend cannot compute in integers is not offered: the row is its fp32 build, or is
+    skipped when an fp32 row is built anyway (``fp32_too``)."""
     name, opts, spec = f"{backend}_{precision}", run.opts, backend_spec(backend)
     row: dict = {
         "backend": backend,
@@ -937,15 +965,23 @@ def _build(run: _BuildRun, backend: str, precision: str) -> tuple[dict, dict | N
 
     def unbuilt(status: str, reason: str) -> tuple[dict, None]:
         shutil.rmtree(out_dir, ignore_errors=True)
+        row.pop("prepend_notes", None)
         row.update(status=status, reason=reason)
         return row, None
 
     if precision == "int8" and spec.int8_graph and run.int8.path is None:
         run.progress.done(WEIGHT_BUILD)
         return unbuilt("failed", run.int8.error or "no int8 QDQ graph")
+    if precision == "int8" and run.int8.mode not in spec.int8_modes:
+        not_offered = f"{backend} int8 is not offered for {run.int8.mode} int8: {spec.int8_not_offered}"
+        if fp32_too:
+            run.progress.done(WEIGHT_BUILD)
+            return unbuilt("skipped", f"{not_offered}; the {backend} fp32 row is its build")
+        row["prepend_notes"] = [f"{not_offered}; built in fp32 instead"]
+        precision = "fp32"
     ctx = BuildContext(
         onnx_fp32=run.onnx.path,
-        onnx_qdq=run.int8.path if spec.int8_graph else None,
+        onnx_qdq=run.int8.path if spec.int8_graph and precision == "int8" else None,
         precision=precision,
         target=run.target,
         calib=run.calib,
@@ -1003,11 +1039,11 @@ def _build_in_worker(run: _BuildRun, backend: str, ctx: BuildContext) -> dict:
     name = ctx.out_dir.name
     job = run.scratch / f"job_{name}.json"
     job.write_text(json.dumps(job_to_json(backend, ctx, run.calib_npz)))
-    timeout = run.opts.timeout_s
+    timeout = run.opts.timeout_s or BUILD_LIMIT_S
     try:
         proc = run_process([sys.executable, "-m", "edgekit.build_worker", str(job)], timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"status": "failed", "reason": f"conversion timed out after {timeout:.0f} s"}
+        return {"status": "failed", "reason": f"conversion stopped after its time limit ({timeout:.0f} s; --timeout)"}
     logs = run.staged / "logs"
     logs.mkdir(exist_ok=True)
     (logs / f"{name}.log").write_text(proc.stdout + proc.stderr)
@@ -1031,7 +1067,7 @@ def _check_build(run: _BuildRun, backend: str, build: dict, row: dict) -> dict:
         precision=build["precision"],
         requested_precision=precision,
         quantization=build["quantization"],
-        notes=build["notes"],
+        notes=[*row.pop("prepend_notes", []), *build["notes"]],
     )
     row["artifacts"] = [str(p.relative_to(run.staged)) + ("/" if p.is_dir() else "") for p in sorted(out_dir.iterdir())]
     deployable = [out_dir / f for key, f in build["artifacts"].items() if key in ("model", "weights", run.target.arch)]
@@ -1051,7 +1087,8 @@ def _check_build(run: _BuildRun, backend: str, build: dict, row: dict) -> dict:
         row.update(entry["measured"])
         row.setdefault("cache", {})["measured_at"] = entry["measured_at"]
     else:
-        if not _measure(run, backend, build, row, RunSpec(warmup, runs, opts.threads, opts.timeout_s)):
+        limit, why = _check_limit(run, warmup, runs)
+        if not _measure(run, backend, build, row, RunSpec(warmup, runs, opts.threads, limit), why):
             return row
         measured = {k: row[k] for k in MEASURED if k in row}
         when = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -1069,13 +1106,39 @@ MEASURED = (
 )  # fmt: skip
 
 
-def _measure(run: _BuildRun, backend: str, build: dict, row: dict, spec: RunSpec) -> bool:
+def check_time_limit(original_p50_ms: float, inferences: int, emulated: bool) -> float:
+    """Seconds a device check may take: ``CHECK_SLOWDOWN`` × the original's time for the same inferences
+    (× ``EMULATION_SLOWDOWN`` on an emulated device), at least ``MIN_CHECK_S``."""
+    expected_s = original_p50_ms / 1e3 * inferences * (EMULATION_SLOWDOWN if emulated else 1.0)
+    return max(MIN_CHECK_S, CHECK_SLOWDOWN * expected_s)
+
+
+def _check_limit(run: _BuildRun, warmup: int, runs: int) -> tuple[float, str]:
+    """The device check's time limit and how it was chosen (said in the row when a build runs past it)."""
+    if run.opts.timeout_s is not None:
+        return run.opts.timeout_s, "--timeout"
+    inferences = len(run.evalset) + warmup + runs
+    p50 = run.original.info["latency_ms"]["p50"]
+    limit = check_time_limit(p50, inferences, run.runner.emulated)
+    emulated = f" × {EMULATION_SLOWDOWN:.0f} (emulation)" if run.runner.emulated else ""
+    how = f"{CHECK_SLOWDOWN:.0f} × the original's {p50:.2f} ms × {inferences} inferences{emulated}"
+    how += f", at least {MIN_CHECK_S:.0f} s"
+    return limit, how
+
+
+def _measure(run: _BuildRun, backend: str, build: dict, row: dict, spec: RunSpec, why: str) -> bool:
     """Run the build on the device and compare it with the original; False (with the reason) if that fails."""
     runner, name = run.runner, f"{backend}_{row['requested_precision']}"
     out_dir = run.staged / name
     try:
         measured = runner.run(out_dir, run.eval_npz, run.scratch / f"run_{name}", spec)
-        row["accuracy"] = compare(run.original.outputs, measured.outputs, run.evalset.labels)
+        row["accuracy"] = compare(run.original.outputs, measured.outputs, run.evalset.labels, *run.onnx.task)
+    except RunnerTimeout as exc:
+        row["reason"] = (
+            f"stopped: the device check ran past its time limit of {spec.timeout:.0f} s ({why}); every other "
+            f"row is complete — allow more with --timeout SECONDS ({one_line(exc)})"
+        )
+        return False
     except (RunnerError, ValueError) as exc:
         row["reason"] = f"built, but the check failed: {one_line(exc)}"
         return False
@@ -1138,8 +1201,9 @@ def _deflated_size(path: Path) -> int:
 def _check_budgets(row: dict, budgets: Budgets) -> dict:
     """Budget violations of a checked row; a NaN metric never passes (every comparison is written to fail on NaN)."""
     acc, violations = row["accuracy"], []
-    if budgets.min_top1_agreement is not None and not acc.get("top1_agreement", 1.0) >= budgets.min_top1_agreement:
-        violations.append(f"top-1 agreement {acc['top1_agreement']:.3f} < {budgets.min_top1_agreement}")
+    agreement, named = _agreement(acc)
+    if budgets.min_top1_agreement is not None and not (agreement or 1.0) >= budgets.min_top1_agreement:
+        violations.append(f"{named} {agreement:.3f} < {budgets.min_top1_agreement}")
     if budgets.min_cosine is not None and not acc["cosine"] >= budgets.min_cosine:
         violations.append(f"cosine {acc['cosine']:.4f} < {budgets.min_cosine}")
     task = acc.get("task_metric")
@@ -1147,8 +1211,8 @@ def _check_budgets(row: dict, budgets: Budgets) -> dict:
         # Points of task accuracy when labels are given, else points of top-1 agreement (or of cosine).
         if task is not None:
             drop, what = (task["original"] - task["build"]) * 100, "accuracy"
-        elif "top1_agreement" in acc:
-            drop, what = (1.0 - acc["top1_agreement"]) * 100, "top-1 agreement"
+        elif agreement is not None:
+            drop, what = (1.0 - agreement) * 100, named
         else:  # no class output: points of output cosine (× 100), never called an agreement
             drop, what = (1.0 - acc["cosine"]) * 100, "output cosine"
         if not drop <= budgets.max_accuracy_drop:
@@ -1161,6 +1225,15 @@ def _check_budgets(row: dict, budgets: Budgets) -> dict:
         else:
             violations.append(f"p50 {row['latency_ms']['p50']:.3f} ms > {budgets.max_latency_ms} ms")
     return {"passed": not violations, "violations": violations}
+
+
+def _agreement(acc: dict) -> tuple[float | None, str]:
+    """The class agreement a budget gates: top-1 (N, C), or per time step for a named (N, T, C) output."""
+    if "top1_agreement" in acc:
+        return acc["top1_agreement"], "top-1 agreement"
+    if "step_agreement" in acc:
+        return acc["step_agreement"], "per-step agreement"
+    return None, "agreement"
 
 
 def _not_verified(target: Target, runner: Runner, backends) -> list[str]:

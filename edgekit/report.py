@@ -46,7 +46,9 @@ def _cells(row: dict) -> list[str]:
         _mb(row.get("size_bytes")),
         _macs(row.get("macs")),
         f"{acc['cosine']:.5f}" if "cosine" in acc else "—",
-        f"{acc['top1_agreement'] * 100:.1f}%" if "top1_agreement" in acc else "—",
+        f"{acc['top1_agreement'] * 100:.1f}%"
+        if "top1_agreement" in acc
+        else (f"{acc['step_agreement'] * 100:.1f}% per step" if "step_agreement" in acc else "—"),
         f"{task['build'] * 100:.1f}% (orig {task['original'] * 100:.1f}%)" if task else "—",
         f"{lat['p50']:.3f}{emulated}" if lat else "—",
         f"{lat['p90']:.3f}" if lat else "—",

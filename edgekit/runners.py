@@ -53,6 +53,10 @@ class RunnerError(RuntimeError):
     """The runner could not run the build (crash, timeout, missing runtime)."""
 
 
+class RunnerTimeout(RunnerError):
+    """The build ran past its time limit on the device (and was killed there)."""
+
+
 def build_backend(build_dir: Path) -> BackendSpec:
     """The capabilities of the backend that made the build in ``build_dir``."""
     return backend_spec(json.loads((build_dir / "build.json").read_text())["backend"])
@@ -126,7 +130,7 @@ class HostRunner(Runner):
         try:
             proc = procs.run(cmd, timeout=spec.timeout)
         except subprocess.TimeoutExpired as exc:
-            raise RunnerError(f"runner timed out after {spec.timeout:.0f} s") from exc
+            raise RunnerTimeout(f"runner timed out after {spec.timeout:.0f} s") from exc
         if proc.returncode != 0:
             raise RunnerError(_failure(proc))
         return collect_outputs(out)
@@ -236,7 +240,7 @@ class EmulatedRunner(Runner):
         try:
             proc = procs.run(cmd, timeout=spec.timeout, env=env)
         except subprocess.TimeoutExpired as exc:
-            raise RunnerError(f"emulated runner timed out after {spec.timeout:.0f} s") from exc
+            raise RunnerTimeout(f"emulated runner timed out after {spec.timeout:.0f} s") from exc
         if proc.returncode != 0:
             raise RunnerError(_failure(proc))
         return collect_outputs(out)
@@ -307,7 +311,7 @@ class RemoteRunner(Runner):
             argv = [self.python, RUNNER_SCRIPT.name, build_dir.name, inputs.name, "out"]
             proc = self.execute(remote, [*argv, *spec.args(backend.runtime_file.name)], spec.timeout)
             if proc.returncode == 137:
-                raise RunnerError(f"runner on {self.where} timed out after {spec.timeout:.0f} s (killed there)")
+                raise RunnerTimeout(f"runner on {self.where} timed out after {spec.timeout:.0f} s (killed there)")
             if proc.returncode != 0:
                 raise RunnerError(f"runner on {self.where} failed: {_failure(proc)}")
             work.mkdir(parents=True, exist_ok=True)
@@ -371,7 +375,7 @@ class SshRunner(RemoteRunner):
         try:
             return procs.run(cmd, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
-            raise RunnerError(f"ssh command on {self.host} timed out after {timeout:.0f} s") from exc
+            raise RunnerTimeout(f"ssh command on {self.host} timed out after {timeout:.0f} s") from exc
 
     def _scp(self, sources: list[str], dest: str) -> None:
         cmd = ["scp", "-q", "-r", "-P", self.port, *self.options, "--", *sources, dest]

@@ -60,10 +60,11 @@ def test_budget_keeps_the_fewest_sensitive_layers_in_float(tmp_path, outlier_wei
     assert fb["met_on_calibration"] and 1 <= len(fb["kept_float"]) < 4, fb  # not everything went back to float
     assert fb["agreement_after"] >= 0.97 > fb["agreement_before"]
     rows = {b["backend"]: b for b in report["builds"]}
-    for backend in ("onnxruntime", "tvm"):  # both built from the same QDQ graph with those layers in float
-        assert rows[backend]["budget"]["passed"], rows[backend]["budget"]
-        assert _drop(rows[backend]) <= 3.0
-        assert "kept in float" in rows[backend]["quantization"]
+    ort = rows["onnxruntime"]  # built from the QDQ graph with those layers in float
+    assert ort["budget"]["passed"], ort["budget"]
+    assert _drop(ort) <= 3.0
+    assert "kept in float" in ort["quantization"]
+    assert rows["tvm"]["precision"] == "fp32" and rows["tvm"]["budget"]["passed"]  # TVM int8 is not offered
     # onnx2tf has no per-layer deny list: the TFLite row says so, misses the budget, and fails the run.
     assert any("not applied" in n for n in rows["tflite"]["notes"])
     assert not rows["tflite"]["budget"]["passed"]

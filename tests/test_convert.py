@@ -65,7 +65,8 @@ def test_every_backend_builds_runs_on_the_emulated_arm64_device_and_agrees(arm64
     assert set(builds) == set(load_target("arm64").backends) == {"tflite", "onnxruntime", "openvino", "tvm"}
     for b in builds.values():
         assert b["status"] == "ok", b
-        assert b["precision"] == "int8" and b["target"] == "arm64"
+        # TVM 0.27 computes static (QDQ) int8 in float: TVM int8 is not offered, its row is TVM fp32.
+        assert b["precision"] == ("fp32" if b["backend"] == "tvm" else "int8") and b["target"] == "arm64"
         # Emulated latency is labelled as such and the run count is capped under emulation.
         assert b["latency_kind"] == "emulated" and b["runs"] == 10 and b["latency_ms"]["n"] == 10
         assert "speedup_vs_original" not in b

@@ -22,9 +22,13 @@ def test_demo_arm64_int8_every_backend(tmp_path):
     rows = {b["backend"]: b for b in report["builds"]}
     assert set(rows) == {"tflite", "onnxruntime", "openvino", "tvm"}
     for backend, row in rows.items():
-        assert row["status"] == "ok" and row["precision"] == "int8", row
+        # TVM 0.27 computes static (QDQ) int8 in float: its row is TVM fp32 and says int8 is not offered.
+        assert row["status"] == "ok" and row["precision"] == ("fp32" if backend == "tvm" else "int8"), row
         assert row["device_facts"]["machine"] == "aarch64" and row["latency_kind"] == "emulated"
-        assert row["size_bytes"] < 0.4 * report["original"]["size_bytes"]
+        if backend == "tvm":
+            assert any("tvm int8 is not offered" in n for n in row["notes"])
+        else:
+            assert row["size_bytes"] < 0.4 * report["original"]["size_bytes"]
         # Held-out photos include low-confidence textures (grass, gravel) where int8 flips close calls:
         # measured top-1 agreement 74–76 %, cosine ≈ 0.975 (see the issue note). These floors catch a collapse.
         if backend == "openvino":

@@ -46,7 +46,17 @@ def compile_library(onnx_path, shapes: dict, target: dict, path, cc: str | None)
     executable.export_library(str(path), **({"cc": cc} if cc else {}))
 
 
+INTEGER_SHARE_MIN = 0.8  # TVM int8 is offered only where this share of the compute layers runs on integers
+
+
 class TvmConverter(Converter):
+    @staticmethod
+    def _integer_share(graph: Path) -> float:
+        from edgekit.executed import onnx_counts
+
+        integer, floating = onnx_counts(onnx.load(str(graph), load_external_data=False))
+        return integer / (integer + floating) if integer + floating else 0.0
+
     def build(self, ctx: BuildContext) -> BuildResult:
         if ctx.precision == "fp16":
             raise SkipBuild("tvm: fp16 builds are not offered (TVM's CPU codegen has no fp16 speed-up on this target)")
@@ -61,13 +71,15 @@ class TvmConverter(Converter):
         shapes = {s.name: list(s.shape) for s in ctx.inputs}
         target = host_target() if on_host and not ctx.target.cpu else ctx.target.tvm_target()
         source, precision, quant, notes = ctx.onnx_fp32, "fp32", "", []
-        if ctx.precision == "int8":
-            source, precision = ctx.onnx_qdq, "int8"
-            quant = (
-                "int8 dynamic graph (ORT); TVM lowers its integer MatMuls"
-                if ctx.int8_mode == "dynamic"
-                else f"int8 QDQ graph (ORT, {ctx.quant.describe()}); TVM runs quantize/dequantize around float kernels"
+        share = self._integer_share(ctx.onnx_qdq) if ctx.precision == "int8" else 1.0
+        if share < INTEGER_SHARE_MIN:  # an int8 row must compute in integers: this graph's would not
+            notes.append(
+                f"tvm int8 is not offered for this graph: only {share:.0%} of its compute layers would run on "
+                f"integer kernels (< {INTEGER_SHARE_MIN:.0%}); built in fp32 instead"
             )
+        elif ctx.precision == "int8":
+            source, precision = ctx.onnx_qdq, "int8"
+            quant = f"int8 dynamic graph (ORT); TVM lowers its integer MatMuls ({share:.0%} of the compute layers)"
             if ctx.float_nodes:
                 quant += f"; {len(ctx.float_nodes)} layer(s) kept in float (accuracy fallback)"
         # Android: the library the emulated (glibc) device runs is a linux-gnu twin of the Android one.
@@ -81,7 +93,7 @@ class TvmConverter(Converter):
         except Exception as exc:
             if source == ctx.onnx_fp32:
                 raise
-            notes.append(f"TVM could not lower the QDQ graph ({one_line(exc, 160)}); built from fp32 instead")
+            notes.append(f"TVM could not lower the int8 graph ({one_line(exc, 160)}); built from fp32 instead")
             precision, quant, source = "fp32", "", ctx.onnx_fp32
             libs = {k: v.replace("int8", "fp32") for k, v in libs.items()}
             self._compile_all(source, shapes, ctx, device_target, cc, libs)
