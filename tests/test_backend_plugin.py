@@ -129,6 +129,10 @@ def test_a_backend_registered_from_its_folder_is_built_checked_profiled_and_diff
         row = rows["ort_basic", precision]
         assert row["status"] == "ok" and row["runtime"].endswith("(basic)"), row
         assert row["latency_ms"]["p50"] > 0 and row["device"].startswith("host")
+        paired = row["original_latency_ms"]  # the original timed again right after this build, same host
+        assert paired["n"] == 3 and row["speedup_vs_original"] == pytest.approx(
+            paired["p50"] / row["latency_ms"]["p50"]
+        )
         task = row["accuracy"]["task_metric"]
         assert task["build"] >= task["original"] - 0.02  # checked against the labels, not just run
     assert rows["ort_basic", "fp32"]["accuracy"]["cosine_min"] > 0.9999
