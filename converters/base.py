@@ -26,7 +26,7 @@ class BackendSpec:
     name: str
     summary: str
     precisions: tuple[str, ...]
-    converter: str = "build:Converter"  # "module:Class" inside the backend's folder
+    converter: str  # "module:Class" inside the backend's folder
     runtime_modules: tuple[str, ...] = ()  # import names on a device; any one of them runs the builds
     runtime_package: str = ""  # what to pip install on a device that has none of them
     libraries: tuple[str, ...] = ()  # distributions whose versions key the build cache

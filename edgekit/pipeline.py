@@ -88,9 +88,8 @@ class ConvertOptions:
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     jobs: int = field(default_factory=lambda: os.cpu_count() or 1)  # builds converted at once (each its own process)
     budgets: Budgets = field(default_factory=Budgets)
-    timeout_s: float | None = (
-        None  # per build and per device check; None: builds 1800 s, checks sized from the original
-    )
+    # Seconds per build and per device check; None: builds BUILD_LIMIT_S, checks sized from the original.
+    timeout_s: float | None = None
     prune: PruneConfig | None = None
     train: Path | None = None  # labelled data for pruning recovery (fine-tuning) and Taylor importance
     backend_options: dict[str, dict] = field(default_factory=dict)  # backend → overrides, e.g. hls4ml's config
