@@ -100,7 +100,7 @@ class FallbackResult:
     sensitivity: list[tuple[str, float]]
 
 
-def _score(model: onnx.ModelProto, feeds: list[dict], reference: list[np.ndarray]) -> dict:
+def _score(model: onnx.ModelProto, feeds: list[dict], reference: list[np.ndarray], task: tuple[int, bool]) -> dict:
     """Agreement of the QDQ graph, simulated (Q/DQ around float kernels): the quantization error every backend
     shares, free of one host's int8 kernel quirks (ORT's AVX2 u8s8 saturation)."""
     import onnxruntime as ort
@@ -110,8 +110,9 @@ def _score(model: onnx.ModelProto, feeds: list[dict], reference: list[np.ndarray
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     outs = [sess.run(None, f) for f in feeds]
     produced = [np.concatenate([o[j] for o in outs]) for j in range(len(outs[0]))]
-    acc = compare(reference, produced)
-    return {"agreement": acc.get("top1_agreement", acc["cosine"]), "cosine": acc["cosine"]}
+    acc = compare(reference, produced, None, *task)
+    agreement = acc.get("top1_agreement", acc.get("step_agreement", acc["cosine"]))
+    return {"agreement": agreement, "cosine": acc["cosine"]}
 
 
 def find_fallback(
@@ -121,8 +122,10 @@ def find_fallback(
     max_drop_points: float,
     log: Callable[[str], None] = lambda m: None,
     max_float: int = 12,
+    task: tuple[int, bool] = (0, False),
 ) -> FallbackResult:
-    """Keep the fewest, most sensitive layers in float so that agreement with fp32 drops ≤ ``max_drop_points``."""
+    """Keep the fewest, most sensitive layers in float so that agreement with fp32 drops ≤ ``max_drop_points``
+    (agreement of the class output ``task``: its index and whether it is a named per-step output)."""
     import onnxruntime as ort
 
     feeds = [data.sample(i) for i in range(len(data))]
@@ -130,7 +133,7 @@ def find_fallback(
     ref_outs = [ref_sess.run(None, f) for f in feeds]
     reference = [np.concatenate([o[j] for o in ref_outs]) for j in range(len(ref_outs[0]))]
     model = onnx.load(str(qdq))
-    base = _score(model, feeds, reference)
+    base = _score(model, feeds, reference, task)
     floor = 1.0 - max_drop_points / 100.0
     if base["agreement"] >= floor:
         return FallbackResult([], base["agreement"], base["agreement"], base["cosine"], base["cosine"], True, [])
@@ -138,7 +141,7 @@ def find_fallback(
     log(f"measuring the int8 sensitivity of {len(nodes)} layers on {len(feeds)} calibration samples")
     sensitivity = []
     for name in nodes:
-        s = _score(float_nodes(model, {name}), feeds, reference)
+        s = _score(float_nodes(model, {name}), feeds, reference, task)
         # Rank by agreement gained, then by cosine gained (agreement moves in coarse steps on few samples).
         sensitivity.append((name, s["agreement"] - base["agreement"] + (s["cosine"] - base["cosine"])))
     sensitivity.sort(key=lambda item: -item[1])
@@ -147,7 +150,7 @@ def find_fallback(
     kept: list[str] = []
     current = base
     for name, _ in sensitivity[:max_float]:
-        trial = _score(float_nodes(model, {*kept, name}), feeds, reference)
+        trial = _score(float_nodes(model, {*kept, name}), feeds, reference, task)
         if trial["agreement"] + trial["cosine"] <= current["agreement"] + current["cosine"]:
             continue
         kept.append(name)

@@ -644,7 +644,7 @@ def _quantize(
         log.done(WEIGHT_CALIBRATION)
     if int8.path is not None and budget is not None and int8.mode != "dynamic":
         with log.step("accuracy fallback: finding the int8-sensitive layers", WEIGHT_FALLBACK):
-            int8.fallback = _accuracy_fallback(onnx.path, int8.path, calib, budget, log, shared)
+            int8.fallback = _accuracy_fallback(onnx, int8.path, calib, budget, log, shared)
     elif budget is not None:
         if int8.path is not None:
             log("accuracy fallback skipped: it works on static (QDQ) graphs; the budget still gates the run")
@@ -839,7 +839,7 @@ def _shared_int8_graph(
 
 
 def _accuracy_fallback(
-    fp32: Path, qdq: Path, calib: Dataset, budget: float, log: Log, cached: tuple[BuildCache, str, Path]
+    exported: CheckedOnnx, qdq: Path, calib: Dataset, budget: float, log: Log, cached: tuple[BuildCache, str, Path]
 ) -> dict:
     """Keep the most int8-sensitive layers in float (chosen on calibration data) and rewrite the QDQ graph."""
     import onnx
@@ -847,14 +847,16 @@ def _accuracy_fallback(
     from edgekit.fallback import FallbackResult, find_fallback, float_nodes
 
     store, calib_digest, scratch = cached
+    fp32 = exported.path
     parts = {"onnx": file_digest(fp32), "qdq": file_digest(qdq), "calib": calib_digest, "budget": budget}
+    parts["task_output"] = list(exported.task)
     key = make_key("fallback", parts)
     entry = store.get(key, scratch / f"cached_{key}")
     if entry is not None:
         log("accuracy fallback reused from the cache")
         result = FallbackResult(**entry["result"])
     else:
-        result = find_fallback(fp32, qdq, calib, budget, log)
+        result = find_fallback(fp32, qdq, calib, budget, log, task=exported.task)
         store.put(key, None, {"kind": "fallback", "result": asdict(result)})
     if result.kept_float:
         onnx.save(float_nodes(onnx.load(str(qdq)), set(result.kept_float)), str(qdq))

@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from edgekit import ConvertOptions, convert
+from edgekit import Budgets, ConvertOptions, convert
 from edgekit.cli import app
 from edgekit.errors import EdgekitError
 
@@ -76,8 +76,10 @@ def test_the_named_class_output_carries_labels_and_agreement(heads, tmp_path):
     with pytest.raises(EdgekitError, match="--task-output"):  # output 0 (boxes) cannot carry 10 labels
         convert(_options(heads, tmp_path / "a", eval=heads["root"] / "eval.npz"))
     assert not (tmp_path / "a").exists()
-    report = convert(_options(heads, tmp_path / "b", eval=heads["root"] / "eval.npz", task_output="1"))
+    budget = Budgets(max_accuracy_drop=2.0)  # the accuracy fallback scores the named class output too
+    report = convert(_options(heads, tmp_path / "b", eval=heads["root"] / "eval.npz", task_output="1", budgets=budget))
     assert report["original"]["task_metric"]["value"] > 0.85  # the class head's accuracy, not the box head's
+    assert report["accuracy_fallback"]["met_on_calibration"] and report["accuracy_fallback"]["agreement_before"] > 0.9
     for row in report["builds"]:
         acc = row["accuracy"]
         assert acc["task_output"] == 1 and acc["task_metric"]["build"] > 0.8 and acc["top1_agreement"] > 0.9
