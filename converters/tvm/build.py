@@ -105,6 +105,7 @@ class TvmConverter(Converter):
         if ctx.target.platform == "android":
             libs["android"], note = self._android(source, shapes, ctx, target, precision)
             notes.append(note)
+        notes.append("untuned: TVM's default schedules (no MetaSchedule tuning records); latency is not TVM's best")
         result = BuildResult(self.name, precision, libs, notes=notes, quantization=quant)
         write_manifest(ctx, result, io_by_name(ctx.inputs), io_by_name(ctx.outputs), tvm_target=target)
         return result
