@@ -25,7 +25,6 @@ from edgekit.runners import (
     RUNNER_SCRIPT,
     RemoteRunner,
     RunnerError,
-    RunnerTimeout,
     RunResult,
     RunSpec,
     probe_script,
@@ -137,7 +136,7 @@ class AdbRunner(RemoteRunner):
         try:
             return procs.run(argv, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
-            raise RunnerTimeout(f"adb timed out after {timeout:.0f} s: {' '.join(argv[:4])}") from exc
+            raise RunnerError(f"adb timed out after {timeout:.0f} s: {' '.join(argv[:4])}") from exc
 
     def label(self) -> str:
         return f"adb {self.serial or self.facts.get('serial', '?')}"

@@ -67,8 +67,9 @@ def environment() -> dict:
         except metadata.PackageNotFoundError:
             versions[name] = None
     code = hashlib.sha256()
-    folders = {Path(edgekit.__file__).parent, Path(edgekit.converters.__file__).parent, *(b.folder for b in backends)}
-    for package in sorted(folders):
+    own = Path(edgekit.converters.__file__).parent  # holds the built-in backend folders
+    external = {b.folder for b in backends if own not in b.folder.parents}  # from $EDGEKIT_BACKENDS
+    for package in sorted({Path(edgekit.__file__).parent, own, *external}):
         for path in sorted(package.rglob("*.py")):
             code.update(str(path.relative_to(package)).encode() + path.read_bytes())
     flags = ""

@@ -19,7 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from edgekit.data import Dataset
-from edgekit.metrics import compare
+from edgekit.metrics import agreement, compare
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -111,8 +111,8 @@ def _score(model: onnx.ModelProto, feeds: list[dict], reference: list[np.ndarray
     outs = [sess.run(None, f) for f in feeds]
     produced = [np.concatenate([o[j] for o in outs]) for j in range(len(outs[0]))]
     acc = compare(reference, produced, None, *task)
-    agreement = acc.get("top1_agreement", acc.get("step_agreement", acc["cosine"]))
-    return {"agreement": agreement, "cosine": acc["cosine"]}
+    agreed = agreement(acc)[0]
+    return {"agreement": acc["cosine"] if agreed is None else agreed, "cosine": acc["cosine"]}
 
 
 def find_fallback(

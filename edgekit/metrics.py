@@ -117,6 +117,16 @@ def _beyond_top1(reference: np.ndarray, produced: np.ndarray) -> dict:
     return found
 
 
+def agreement(accuracy: dict) -> tuple[float | None, str]:
+    """The class agreement of a comparison and its name: top-1 (N, C), else per time step (a named
+    (N, T, C) output), else None."""
+    if "top1_agreement" in accuracy:
+        return accuracy["top1_agreement"], "top-1 agreement"
+    if "step_agreement" in accuracy:
+        return accuracy["step_agreement"], "per-step agreement"
+    return None, "agreement"
+
+
 def finite_metrics(accuracy: dict) -> bool:
     """Whether the build's outputs and every accuracy number are finite (NaN fails a row, never passes it)."""
     numbers = [v for k, v in accuracy.items() if isinstance(v, float)]

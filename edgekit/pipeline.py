@@ -37,7 +37,7 @@ from edgekit.data import (
 )
 from edgekit.errors import EdgekitError, one_line
 from edgekit.gates import Tolerances, against_baseline, load_baseline
-from edgekit.metrics import compare, finite_metrics, latency_stats
+from edgekit.metrics import agreement, compare, finite_metrics, latency_stats
 from edgekit.procs import run as run_process
 from edgekit.progress import Advance, Progress, as_progress
 from edgekit.prune import PruneConfig
@@ -1214,9 +1214,10 @@ def _deflated_size(path: Path) -> int:
 def _check_budgets(row: dict, budgets: Budgets) -> dict:
     """Budget violations of a checked row; a NaN metric never passes (every comparison is written to fail on NaN)."""
     acc, violations = row["accuracy"], []
-    agreement, named = _agreement(acc)
-    if budgets.min_top1_agreement is not None and not (agreement or 1.0) >= budgets.min_top1_agreement:
-        violations.append(f"{named} {agreement:.3f} < {budgets.min_top1_agreement}")
+    agreed, named = agreement(acc)
+    gated = 1.0 if agreed is None else agreed  # no class output: nothing to agree on (an agreement of 0 fails)
+    if budgets.min_top1_agreement is not None and not gated >= budgets.min_top1_agreement:
+        violations.append(f"{named} {agreed:.3f} < {budgets.min_top1_agreement}")
     if budgets.min_cosine is not None and not acc["cosine"] >= budgets.min_cosine:
         violations.append(f"cosine {acc['cosine']:.4f} < {budgets.min_cosine}")
     task = acc.get("task_metric")
@@ -1224,8 +1225,8 @@ def _check_budgets(row: dict, budgets: Budgets) -> dict:
         # Points of task accuracy when labels are given, else points of top-1 agreement (or of cosine).
         if task is not None:
             drop, what = (task["original"] - task["build"]) * 100, "accuracy"
-        elif agreement is not None:
-            drop, what = (1.0 - agreement) * 100, named
+        elif agreed is not None:
+            drop, what = (1.0 - agreed) * 100, named
         else:  # no class output: points of output cosine (× 100), never called an agreement
             drop, what = (1.0 - acc["cosine"]) * 100, "output cosine"
         if not drop <= budgets.max_accuracy_drop:
@@ -1238,15 +1239,6 @@ def _check_budgets(row: dict, budgets: Budgets) -> dict:
         else:
             violations.append(f"p50 {row['latency_ms']['p50']:.3f} ms > {budgets.max_latency_ms} ms")
     return {"passed": not violations, "violations": violations}
-
-
-def _agreement(acc: dict) -> tuple[float | None, str]:
-    """The class agreement a budget gates: top-1 (N, C), or per time step for a named (N, T, C) output."""
-    if "top1_agreement" in acc:
-        return acc["top1_agreement"], "top-1 agreement"
-    if "step_agreement" in acc:
-        return acc["step_agreement"], "per-step agreement"
-    return None, "agreement"
 
 
 def _not_verified(target: Target, runner: Runner, backends) -> list[str]:

@@ -375,7 +375,7 @@ class SshRunner(RemoteRunner):
         try:
             return procs.run(cmd, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
-            raise RunnerTimeout(f"ssh command on {self.host} timed out after {timeout:.0f} s") from exc
+            raise RunnerError(f"ssh command on {self.host} timed out after {timeout:.0f} s") from exc
 
     def _scp(self, sources: list[str], dest: str) -> None:
         cmd = ["scp", "-q", "-r", "-P", self.port, *self.options, "--", *sources, dest]

@@ -52,10 +52,9 @@ INTEGER_SHARE_MIN = 0.8  # TVM int8 is offered only where this share of the comp
 class TvmConverter(Converter):
     @staticmethod
     def _integer_share(graph: Path) -> float:
-        from edgekit.executed import onnx_counts
+        from edgekit.executed import onnx_counts, summary
 
-        integer, floating = onnx_counts(onnx.load(str(graph), load_external_data=False))
-        return integer / (integer + floating) if integer + floating else 0.0
+        return summary(*onnx_counts(onnx.load(str(graph), load_external_data=False)), "")["int8_share"]
 
     def build(self, ctx: BuildContext) -> BuildResult:
         if ctx.precision == "fp16":

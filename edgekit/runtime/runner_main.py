@@ -41,17 +41,20 @@ def _runtime_file(backend: str) -> Path:
     return backend_spec(backend).runtime_file
 
 
+def _open(build_dir: Path, runtime: Path | None):
+    """The build's manifest and its backend's runtime module."""
+    manifest = json.loads((build_dir / "build.json").read_text())
+    return manifest, load_runtime(runtime or _runtime_file(manifest["backend"]))
+
+
 def load_build(build_dir: Path, threads: int, runtime: Path | None = None):
     """(run function, runtime version) for the build in ``build_dir``, loaded by its backend's ``runtime``."""
-    manifest = json.loads((build_dir / "build.json").read_text())
-    module = load_runtime(runtime or _runtime_file(manifest["backend"]))
+    manifest, module = _open(build_dir, runtime)
     return module.load(build_dir, manifest, threads)
 
 
-def profile_build(build_dir: Path, threads: int, feeds: list, runtime: Path, repeats: int = 10) -> dict:
-    """Per-op time (mean µs per inference) from the backend runtime's ``profile()``."""
-    manifest = json.loads((build_dir / "build.json").read_text())
-    module = load_runtime(runtime)
+def profile_build(build_dir: Path, manifest: dict, module, threads: int, feeds: list, repeats: int = 10) -> dict:
+    """Per-op time (mean µs per inference) from the backend runtime ``module``'s ``profile()``."""
     if not hasattr(module, "profile"):
         return {"unavailable": f"{manifest['backend']} has no per-op profiler"}
     result = module.profile(build_dir, manifest, threads, feeds, repeats)
@@ -135,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     feeds = [{k: v[i : i + 1] for k, v in inputs.items()} for i in range(n)]
 
     t0 = time.perf_counter()
-    runtime_file = args.runtime or _runtime_file(json.loads((args.build_dir / "build.json").read_text())["backend"])
-    run, runtime = load_build(args.build_dir, args.threads, runtime_file)
+    manifest, module = _open(args.build_dir, args.runtime)
+    run, runtime = module.load(args.build_dir, manifest, args.threads)
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     first = run(feeds[0])
@@ -167,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": device_facts(),
     }
     if args.profile:
-        result["profile"] = profile_build(args.build_dir, args.threads, feeds, runtime_file)
+        result["profile"] = profile_build(args.build_dir, manifest, module, args.threads, feeds)
     if hasattr(run, "runtime_precisions"):
         result["runtime_precisions"] = run.runtime_precisions()
     (args.out_dir / "result.json").write_text(json.dumps(result))
