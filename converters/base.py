@@ -120,6 +120,14 @@ class Converter(ABC):
     def build(self, ctx: BuildContext) -> BuildResult:
         """Write the deployable artifacts and ``build.json`` into ``ctx.out_dir``."""
 
+    def cache_inputs(self, ctx: BuildContext) -> dict:
+        """What a build depends on beyond ``ctx`` (keys the build cache), e.g. TVM's tuning records."""
+        return {}
+
+    def extra_build_s(self, ctx: BuildContext) -> float:
+        """Seconds this build may take beyond the build time limit (e.g. a tuning time budget)."""
+        return 0.0
+
     def load(self, build_dir: Path, threads: int = 1):
         """A function running the build on an input dict (batch of one) → list of outputs."""
         from edgekit.runtime.runner_main import load_build

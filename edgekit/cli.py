@@ -243,9 +243,17 @@ def convert_cmd(
         str | None,
         typer.Option(
             rich_help_panel="Target and device",
-            help="where builds run: host | emulated | ssh://user@host[:port][?key=…] | adb[://SERIAL]",
+            help="where builds run: host | emulated | ssh://user@host[:port][?key=…] | adb[://SERIAL] | "
+            "rpc://TRACKER:PORT/KEY (boards of a TVM RPC farm)",
         ),
     ] = None,
+    boards: Annotated[
+        int,
+        typer.Option(
+            rich_help_panel="Target and device",
+            help="with --device rpc://…: run each build on this many boards at once (per-board rows, median, spread)",
+        ),
+    ] = 1,
     input_shape: Annotated[
         list[str] | None, typer.Option(rich_help_panel="Model", help="[NAME:]1x3x224x224[:dtype], repeatable")
     ] = None,
@@ -400,6 +408,25 @@ def convert_cmd(
             help="JSON merged into hls4ml's config, e.g. per-layer Precision/ReuseFactor",
         ),
     ] = None,
+    tune: Annotated[
+        int,
+        typer.Option(
+            rich_help_panel="Backend options",
+            help="TVM: MetaSchedule trials per workload without a tuning record (0: untuned); measured on this "
+            "machine, or on the boards of --device rpc://…",
+        ),
+    ] = 0,
+    tune_minutes: Annotated[
+        float | None,
+        typer.Option(rich_help_panel="Backend options", help="TVM: minutes of search at most (default 20)"),
+    ] = None,
+    tuning_records: Annotated[
+        Path | None,
+        typer.Option(
+            rich_help_panel="Backend options",
+            help="TVM: tuning records folder to reuse and extend (share it with CI/teammates); default: the cache",
+        ),
+    ] = None,
     trust_model: Annotated[
         bool,
         typer.Option(
@@ -444,6 +471,10 @@ def convert_cmd(
             precisions=_csv(v.precision),
             backends=_csv(v.backends),
             device=v.device,
+            boards=v.boards,
+            tune_trials=v.tune,
+            tune_minutes=v.tune_minutes,
+            tuning_records=v.tuning_records,
             input_shapes=shapes or None,
             image=ImagePreprocess(m, s, v.ten_crop),
             calib_size=v.calib_size,
@@ -572,8 +603,10 @@ def profile(
     build: Annotated[Path, typer.Argument(help="a build folder, e.g. build/tflite_int8")],
     inputs: Annotated[Path, typer.Option(help=".npz with one array per input (samples on axis 0)")],
     device: Annotated[
-        str | None, typer.Option(help="host | emulated | ssh://…; default from the build's target")
+        str | None,
+        typer.Option(help="host | emulated | ssh://… | adb | rpc://TRACKER:PORT/KEY; default from the target"),
     ] = None,
+    boards: Annotated[int, typer.Option(help="with --device rpc://…: profile on this many boards at once")] = 1,
     threads: Annotated[int, typer.Option(help="threads")] = 1,
     top: Annotated[int, typer.Option(help="rows to show")] = 15,
     out: Annotated[Path | None, typer.Option(help="write the whole profile as JSON here")] = None,
@@ -586,7 +619,7 @@ def profile(
     with _guarded():
         if out is not None:
             check_result_file(out, "--out", (inputs,))
-        result = profile_build(build, inputs, device, threads)
+        result = profile_build(build, inputs, device, threads, boards=boards)
         if out is not None:
             out.write_text(json.dumps(result, indent=2))
     lat = result["latency_ms"]
@@ -596,6 +629,11 @@ def profile(
         f"{result['backend']} on {result['device']} ({result['runtime']}, {result['threads']} thread(s)): "
         f"p50 {lat['p50']:.3f} ms, p90 {lat['p90']:.3f} ms ({kind})"
     )
+    if result.get("boards"):
+        from edgekit.report import farm_lines
+
+        for line in farm_lines(result["boards"]):
+            console.print(line, highlight=False, markup=False)
     prof = result["profile"]
     if "unavailable" in prof:
         console.print(f"[yellow]no per-op profile:[/] {prof['unavailable']}")
@@ -754,6 +792,83 @@ def cache_clear() -> None:
         return
     count, size = BuildCache(root).clear()
     Console().print(f"removed {count} cached build(s), {size / 1e6:.1f} MB, from {root}", highlight=False)
+
+
+farm_app = typer.Typer(
+    no_args_is_help=True,
+    help="A board farm through TVM's RPC tracker: --device rpc://TRACKER:PORT/KEY [--boards N].",
+)
+app.add_typer(farm_app, name="farm")
+
+
+@farm_app.command("up")
+def farm_up(
+    key: Annotated[str, typer.Option(help="the key the boards register under")] = "local",
+    boards: Annotated[int, typer.Option(help="board servers on this machine")] = 2,
+    emulated: Annotated[int, typer.Option(help="boards inside the emulated arm64 device (timings: emulated)")] = 0,
+    port: Annotated[int | None, typer.Option(help="tracker port (default: a free one)")] = None,
+) -> None:
+    """Start a tracker on 127.0.0.1 with local boards and keep it up until Ctrl-C (for trying a farm, and CI)."""
+    import time
+
+    from edgekit import procs
+    from edgekit.farm import Farm
+
+    with _guarded(), procs.signals_as_interrupt():
+        farm = Farm(key, boards, emulated, port, log=err.log)
+        url = farm.start()  # on failure it stops what it started (keeping the logs its error names)
+        Console().print(f"farm up: --device {url} (up to --boards {boards + emulated}); Ctrl-C stops it")
+        died = None
+        try:
+            while not died:
+                time.sleep(1)
+                died = farm.died()
+        except KeyboardInterrupt:
+            return
+        finally:
+            farm.stop(keep_logs=died is not None)
+        raise EdgekitError(f"the farm stopped: {died}", f"see the logs in {farm.logs}")
+
+
+@farm_app.command("board")
+def farm_board(
+    tracker: Annotated[str, typer.Option(help="HOST:PORT of the tracker")],
+    key: Annotated[str, typer.Option(help="the device class, e.g. rpi5")],
+    name: Annotated[str, typer.Option(help="this board's name in reports (default: host:port)")] = "",
+    host: Annotated[str, typer.Option(help="address to listen on")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(help="first port to try")] = 9090,
+) -> None:
+    """Serve this machine as a board (boards without edgekit run edgekit/runtime/board_server.py: TVM runtime only)."""
+    from edgekit.farm import FarmAddress, tracker_summary
+    from edgekit.runtime import board_server
+
+    with _guarded():
+        address = FarmAddress.parse(f"rpc://{tracker}/{key}")
+        tracker_summary(address.host, address.port)  # one line when no tracker answers there
+    argv = ["--tracker", tracker, "--key", key, "--host", host, "--port", str(port)]
+    argv += ["--name", name] if name else []
+    raise typer.Exit(board_server.main(argv))
+
+
+@farm_app.command("status")
+def farm_status(url: Annotated[str, typer.Argument(help="rpc://TRACKER:PORT[/KEY]")]) -> None:
+    """The boards registered with a tracker, by key, and how many are free."""
+    from urllib.parse import urlsplit
+
+    from edgekit.farm import FarmAddress, tracker_summary
+
+    with _guarded():
+        address = FarmAddress.parse(url if urlsplit(url).path.strip("/") else url.rstrip("/") + "/any")
+        summary = tracker_summary(address.host, address.port)
+    keys: dict[str, list[str]] = {}
+    for server in summary.get("server_info", []):
+        keys.setdefault(server["key"].removeprefix("server:"), []).append(f"{server['addr'][0]}:{server['addr'][1]}")
+    queue = summary.get("queue_info", {})
+    for key, addrs in sorted(keys.items()):
+        free = queue.get(key, {}).get("free", 0)
+        Console().print(f"{key}: {len(addrs)} board(s), {free} free — {', '.join(sorted(addrs))}", highlight=False)
+    if not keys:
+        Console().print(f"no boards are registered with the tracker at {address.host}:{address.port}")
 
 
 @app.command()

@@ -72,4 +72,6 @@ def checks() -> list[Check]:
         _module("coremltools", "the ios-arm64 target (Core ML)", "pip install coremltools==9.0"),
         _module("hls4ml", "the fpga target (hls4ml)", "pip install hls4ml==1.3.0"),
         _module("torch_pruning", "--prune structured", "pip install torch-pruning==1.6.1"),
+        _module("tornado", "edgekit farm up / a TVM RPC tracker", "pip install tornado==6.6.1"),
+        _module("xgboost", "TVM --tune (MetaSchedule's cost model)", "pip install xgboost-cpu==3.2.0"),
     ]

@@ -76,7 +76,7 @@ AARCH64 = DeviceImage(
         "ai-edge-litert==2.3.0",
         "openvino==2026.4.1",
         "apache-tvm==0.27.0.post1",
-        "apache-tvm-ffi==0.1.15.post2",
+        "apache-tvm-ffi==0.1.14.post0",
         "typing_extensions==4.16.0",
     ),
     wheel_platforms=(

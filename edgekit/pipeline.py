@@ -79,6 +79,7 @@ class ConvertOptions:
     precisions: tuple[str, ...] | None = None
     backends: tuple[str, ...] | None = None
     device: str | None = None
+    boards: int = 1  # with --device rpc://…: run every build on this many boards of the farm at once
     input_shapes: dict[str, tuple[tuple[int, ...], str]] | None = None
     image: ImagePreprocess = field(default_factory=ImagePreprocess)
     calib_size: int = 100
@@ -103,11 +104,15 @@ class ConvertOptions:
     recheck: bool = False  # run reused builds on the device again instead of reusing their measurement
     layer_diff: bool = False  # per-layer error of every lossy build (edgekit.diff), in the report and its plots
     task_output: str | None = None  # the output carrying classes (name or index); default: output 0 if (N, C)
+    tune_trials: int = 0  # TVM: MetaSchedule trials per workload that has no tuning record (0: untuned)
+    tune_minutes: float | None = None  # TVM: stop the search after this long (the records so far are used)
+    tuning_records: Path | None = None  # TVM: the records folder (default: under $EDGEKIT_CACHE), shareable
 
     def input_paths(self) -> list[Path]:
         """Every file or folder this run reads: ``--out`` must never contain one of them."""
         model = self.model.rpartition(":")[0] if ":" in self.model and not Path(self.model).exists() else self.model
         paths = [self.calib, self.eval, self.weights, self.train, self.hls_config, self.baseline]
+        paths.append(self.tuning_records)
         if model.endswith(".py") or Path(model).exists():
             paths.append(Path(model))
         paths += [Path(t) for t in self.target.split(",") if t.strip().endswith(".toml")]
@@ -121,6 +126,16 @@ class ConvertOptions:
         for flag, value, low in counts:
             if not isinstance(value, numbers.Integral) or value < low:
                 raise EdgekitError(f"{flag} {value} must be an integer ≥ {low}", f"pass {flag} {max(low, 1)} or more")
+        if self.boards < 1:
+            raise EdgekitError(f"--boards {self.boards} must be ≥ 1", "pass --boards 1 or more")
+        if not isinstance(self.tune_trials, numbers.Integral) or self.tune_trials < 0:
+            raise EdgekitError(f"--tune {self.tune_trials} must be an integer ≥ 0", "pass e.g. --tune 32")
+        if self.tune_minutes is not None and not self.tune_minutes > 0:
+            raise EdgekitError(f"--tune-minutes {self.tune_minutes} must be positive", "pass e.g. --tune-minutes 20")
+        if self.tuning_records is not None and self.tuning_records.exists() and not self.tuning_records.is_dir():
+            raise EdgekitError(
+                f"--tuning-records {self.tuning_records} is a file", "pass a folder (it is created if missing)"
+            )
         if self.timeout_s is not None and not self.timeout_s > 0:
             raise EdgekitError(f"timeout {self.timeout_s} s must be positive", "pass a time limit in seconds")
         b = self.budgets
@@ -188,8 +203,10 @@ def convert(opts: ConvertOptions, log: Log | Progress | None = None) -> dict:
     backends = opts.backends or target.backends
     for b in backends:
         backend_spec(b)  # an unknown name is a one-line error naming the known ones
+    if opts.tune_trials and "tvm" not in backends:
+        raise EdgekitError("--tune tunes TVM builds, and tvm is not among the backends", "add tvm to --backends")
     out = check_output_folder(opts.out, opts.input_paths())
-    runner = get_runner(opts.device or target.runner, target)
+    runner = get_runner(opts.device or target.runner, target, opts.boards)
     int8 = "int8" in precisions
     progress.plan(
         3 * WEIGHT_STAGE
@@ -200,9 +217,30 @@ def convert(opts: ConvertOptions, log: Log | Progress | None = None) -> dict:
     )
     try:
         runner.prepare(progress)
+        opts = _with_tuning(opts, runner, target)
         return _convert_on(opts, target, precisions, backends, runner, out, progress)
     finally:
         runner.close()
+
+
+def _with_tuning(opts: ConvertOptions, runner: Runner, target: Target) -> ConvertOptions:
+    """Hand --tune to the TVM builds, with the boards that measure candidates when the device is a farm of
+    real (not emulated) boards of the target's architecture."""
+    if not opts.tune_trials:
+        return opts
+    from edgekit.emulator import cache_root
+
+    tvm = {
+        **opts.backend_options.get("tvm", {}),
+        "tune_trials": opts.tune_trials,
+        "tune_minutes": opts.tune_minutes,
+        "tuning_records": str((opts.tuning_records or cache_root() / "tvm-tuning").resolve()),
+    }
+    if runner.name == "rpc" and not runner.any_emulated and all(f["machine"] == target.arch for f in runner.facts):
+        # (a plain TVM RPC server's machine is unknown until a build runs there: it does not measure candidates)
+        a = runner.address
+        tvm.update(tune_tracker=f"{a.host}:{a.port}/{a.key}", tune_cores=min(f["cores"] for f in runner.facts))
+    return replace(opts, backend_options={**opts.backend_options, "tvm": tvm})
 
 
 def convert_targets(opts: ConvertOptions, targets: list[str], log: Log | Progress | None = None) -> dict:
@@ -1004,7 +1042,7 @@ def _build(run: _BuildRun, backend: str, precision: str, fp32_too: bool) -> tupl
         quant=opts.quant,
         int8_mode=run.int8.mode,
     )
-    key = _build_key(run, ctx)
+    key = _build_key(run, backend, ctx)
     t0 = time.perf_counter()
     with _step(run, f"building {backend} {precision}", WEIGHT_BUILD):
         entry = run.cache.get(key, out_dir)
@@ -1021,7 +1059,7 @@ def _build(run: _BuildRun, backend: str, precision: str, fp32_too: bool) -> tupl
     return row, result["build"]
 
 
-def _build_key(run: _BuildRun, ctx: BuildContext) -> str:
+def _build_key(run: _BuildRun, backend: str, ctx: BuildContext) -> str:
     """Everything a build depends on (see :mod:`edgekit.cache`)."""
     graphs = {"fp32": file_digest(ctx.onnx_fp32)}
     if ctx.precision == "int8" and ctx.onnx_qdq is not None:
@@ -1037,6 +1075,7 @@ def _build_key(run: _BuildRun, ctx: BuildContext) -> str:
         "quant": asdict(ctx.quant),
         "int8_mode": ctx.int8_mode,
         "torch_model": ctx.torch_model is not None,
+        "backend_inputs": get_converter(backend).cache_inputs(ctx),
         **run.digests,
     }
     return make_key(f"build:{ctx.out_dir.name}", parts)
@@ -1047,7 +1086,7 @@ def _build_in_worker(run: _BuildRun, backend: str, ctx: BuildContext) -> dict:
     name = ctx.out_dir.name
     job = run.scratch / f"job_{name}.json"
     job.write_text(json.dumps(job_to_json(backend, ctx, run.calib_npz)))
-    timeout = run.opts.timeout_s or BUILD_LIMIT_S
+    timeout = run.opts.timeout_s or BUILD_LIMIT_S + get_converter(backend).extra_build_s(ctx)
     try:
         proc = run_process([sys.executable, "-m", "edgekit.build_worker", str(job)], timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -1110,7 +1149,7 @@ def _check_build(run: _BuildRun, backend: str, build: dict, row: dict) -> dict:
 MEASURED = (
     "accuracy", "latency_ms", "latencies_ms", "latency_kind", "load_s", "first_inference_ms", "peak_rss_mb",
     "runtime", "threads", "runs", "warmup", "device_facts", "runtime_precisions", "benchmark_model",
-    "speedup_vs_original", "original_latency_ms", "executed", "notes",
+    "speedup_vs_original", "original_latency_ms", "executed", "notes", "boards",
 )  # fmt: skip
 
 
@@ -1127,8 +1166,8 @@ def _check_limit(run: _BuildRun, warmup: int, runs: int) -> tuple[float, str]:
         return run.opts.timeout_s, "--timeout"
     inferences = len(run.evalset) + warmup + runs
     p50 = run.original.info["latency_ms"]["p50"]
-    limit = check_time_limit(p50, inferences, run.runner.emulated)
-    emulated = f" × {EMULATION_SLOWDOWN:.0f} (emulation)" if run.runner.emulated else ""
+    limit = check_time_limit(p50, inferences, run.runner.any_emulated)
+    emulated = f" × {EMULATION_SLOWDOWN:.0f} (emulation)" if run.runner.any_emulated else ""
     how = f"{CHECK_SLOWDOWN:.0f} × the original's {p50:.2f} ms × {inferences} inferences{emulated}"
     how += f", at least {MIN_CHECK_S:.0f} s"
     return limit, how
@@ -1171,6 +1210,8 @@ def _measure(run: _BuildRun, backend: str, build: dict, row: dict, spec: RunSpec
     for key in ("runtime_precisions", "benchmark_model"):  # OpenVINO's executed precisions; phone tool timings
         if key in info:
             row[key] = info[key]
+    if "farm" in info:  # a board farm: every board's result, the median and spread across them
+        row["boards"] = info["farm"]
     if runner.name == "host" and row["latency_kind"] == "measured":
         # The original timed again right after the build, on the same host under the same load: a shared
         # host's speed drifts between the start of a run and a build's check (seen: 204 ms, then 48 ms).

@@ -62,8 +62,11 @@ def read_inputs(inputs: Path, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
     return {n: arrays[n] for n in names}
 
 
-def profile_build(build_dir: Path, inputs: Path, device: str | None = None, threads: int = 1, runs: int = 20) -> dict:
-    """Run ``build_dir`` on ``device`` with the runtime's profiler; returns timings and per-op times."""
+def profile_build(
+    build_dir: Path, inputs: Path, device: str | None = None, threads: int = 1, runs: int = 20, boards: int = 1
+) -> dict:
+    """Run ``build_dir`` on ``device`` (``boards`` boards of an ``rpc://`` farm at once) with the runtime's
+    profiler; returns timings and per-op times (and, from a farm, every board's result)."""
     if threads < 1:
         raise EdgekitError(f"--threads {threads} must be ≥ 1", "pass --threads 1 or more")
     manifest = read_build(build_dir)
@@ -71,7 +74,7 @@ def profile_build(build_dir: Path, inputs: Path, device: str | None = None, thre
     names = list(arrays)
     # the target the build was made for (a custom .toml need not be at hand); older builds name a shipped one
     target = Target.from_json(manifest["target_spec"]) if "target_spec" in manifest else load_target(manifest["target"])
-    runner = get_runner(device or target.runner, target)
+    runner = get_runner(device or target.runner, target, boards)
     try:
         runner.prepare()
         return _profile_on(runner, manifest, Path(build_dir), arrays, names, threads, runs)
@@ -110,4 +113,5 @@ def _profile_on(
         "threads": info["threads"],
         "latency_ms": latency_stats(info["latencies_ms"]),
         "profile": info.get("profile") or {"unavailable": backend.profiler},
+        **({"boards": info["farm"]} if "farm" in info else {}),
     }

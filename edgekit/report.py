@@ -152,6 +152,11 @@ def markdown(report: dict) -> str:
             details.append(f"- **{r['backend']} {r['precision']}** — " + "; ".join(bits))
     if details:
         lines += ["## Builds", "", *details, ""]
+    farmed = [r for r in report["builds"] if r.get("boards")]
+    if farmed:
+        lines += ["## Board farm", ""]
+        for r in farmed:
+            lines += [f"**{r['backend']} {r['precision']}**", "", *farm_lines(r["boards"]), ""]
     if report.get("pruning"):
         lines += ["## Pruning", "", *_pruning_lines(report["pruning"]), ""]
     fb = report.get("accuracy_fallback")
@@ -185,6 +190,30 @@ def markdown(report: dict) -> str:
     if report.get("recommendation"):
         lines += ["## Recommendation", "", *report["recommendation"]["lines"], ""]
     return "\n".join(lines)
+
+
+def farm_lines(farm: dict) -> list[str]:
+    """A build's per-board table from a board farm, with the median and spread across the boards."""
+    lines = [
+        f"{farm['ok']} of {farm['ok'] + farm['failed']} boards under key `{farm['key']}` (tracker {farm['tracker']}) "
+        f"in {farm['wall_s']:.1f} s: median p50 {farm['median_p50_ms']:.2f} ms, spread {farm['spread']:.0%} "
+        f"across {farm['counted']}; outputs checked from {farm['outputs_from']}.",
+        "",
+        "| board | machine | status | p50 ms | p90 ms | max abs diff vs first board | note |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for b in farm["boards"]:
+        kind = b["machine"] + (" (emulated)" if b["emulated"] else "")
+        if b["status"] != "ok":
+            lines.append(f"| {b['board']} | {kind} | FAILED | — | — | — | {b['error']} |")
+            continue
+        diff = b["max_abs_diff_vs_first"]
+        note = "OUTLIER" if b["outlier"] else ("" if b["counted"] else "not counted (emulated)")
+        lines.append(
+            f"| {b['board']} | {kind} | ok | {b['latency_ms']['p50']:.2f} | {b['latency_ms']['p90']:.2f} | "
+            f"{'shape differs' if diff is None else f'{diff:.3g}'} | {note} |"
+        )
+    return lines
 
 
 def _layer_lines(diffs: dict) -> list[str]:
@@ -301,6 +330,18 @@ def print_table(report: dict, console: Console | None = None) -> None:
             console.print(f"[bold]{row['backend']} {row['precision']}[/]: {row['reason']}")
         if row.get("degraded"):
             console.print(f"[yellow]{row['backend']} {row['precision']}: degraded[/] — " + "; ".join(row["degraded"]))
+        farm = row.get("boards")
+        if farm:
+            console.print(
+                f"[bold]{row['backend']} {row['precision']}[/] on {farm['ok']}/{farm['ok'] + farm['failed']} boards: "
+                f"median p50 {farm['median_p50_ms']:.2f} ms, spread {farm['spread']:.0%}"
+            )
+            for b in farm["boards"]:
+                if b["status"] != "ok":
+                    console.print(f"  [red]{b['board']}: failed[/] — {b['error']}", highlight=False)
+                else:
+                    flag = " [yellow]OUTLIER[/]" if b["outlier"] else (" (emulated)" if b["emulated"] else "")
+                    console.print(f"  {b['board']} {b['machine']}: p50 {b['latency_ms']['p50']:.2f} ms{flag}")
         e = row.get("executed") or {}
         if e.get("mostly_float"):
             console.print(

@@ -79,6 +79,11 @@ class Runner(ABC):
     def close(self) -> None:  # noqa: B027 — most devices hold nothing
         """Release what ``prepare`` started (e.g. a device server edgekit launched)."""
 
+    @property
+    def any_emulated(self) -> bool:
+        """Whether any part of the device is emulated (its runs take emulation time)."""
+        return self.emulated
+
     def repetitions(self, warmup: int, runs: int) -> tuple[int, int]:
         """Warm-up and timed runs this device affords."""
         return warmup, runs
@@ -203,19 +208,11 @@ class EmulatedRunner(Runner):
             return limit  # a userland that failed to assemble fails (not skips) the builds that need it
         return f"the emulated {self.arch} device has no {backend} runtime ({' or '.join(spec.runtime_modules)})"
 
-    def run(self, build_dir: Path, inputs: Path, work: Path, spec: RunSpec) -> RunResult:
+    def command(self, image, argv: list[str]) -> tuple[list[str], dict[str, str]]:
+        """The command line and environment that run ``python ARGV…`` inside the userland ``image``."""
         from edgekit.emulator import SITE, qemu_binary
 
-        backend = build_backend(build_dir)
-        image = self._image_for(backend)
-        if image is None:
-            broken = "; ".join(f"{name}: {error}" for name, error in self.errors.items())
-            raise RunnerError(
-                f"the emulated {self.arch} device has no {backend.name} runtime"
-                + (f" (userland not assembled: {broken})" if broken else "")
-            )
         root = self.rootfs[image.name]
-        out = work / "run"
         env = {
             "PATH": "/usr/bin:/bin",
             "HOME": "/tmp",
@@ -224,19 +221,20 @@ class EmulatedRunner(Runner):
             "TVM_USE_RUNTIME_LIB": "1",
             "PYTHONDONTWRITEBYTECODE": "1",
         }
-        cmd = [
-            qemu_binary(image),
-            "-cpu",
-            self.cpu,
-            "-L",
-            str(root),
-            str(root / image.python),
-            str(RUNNER_SCRIPT),
-            str(build_dir),
-            str(inputs),
-            str(out),
-            *spec.args(str(backend.runtime_file)),
-        ]
+        return [qemu_binary(image), "-cpu", self.cpu, "-L", str(root), str(root / image.python), *argv], env
+
+    def run(self, build_dir: Path, inputs: Path, work: Path, spec: RunSpec) -> RunResult:
+        backend = build_backend(build_dir)
+        image = self._image_for(backend)
+        if image is None:
+            broken = "; ".join(f"{name}: {error}" for name, error in self.errors.items())
+            raise RunnerError(
+                f"the emulated {self.arch} device has no {backend.name} runtime"
+                + (f" (userland not assembled: {broken})" if broken else "")
+            )
+        out = work / "run"
+        argv = [str(RUNNER_SCRIPT), str(build_dir), str(inputs), str(out), *spec.args(str(backend.runtime_file))]
+        cmd, env = self.command(image, argv)
         try:
             proc = procs.run(cmd, timeout=spec.timeout, env=env)
         except subprocess.TimeoutExpired as exc:
@@ -442,8 +440,17 @@ class SshRunner(RemoteRunner):
         self._ssh(f"rm -rf {remote}")
 
 
-def get_runner(device: str, target: Target) -> Runner:
-    """The runner for ``--device``: ``host``, ``emulated``, ``ssh://user@host[:port]`` or ``adb[://SERIAL]``."""
+def get_runner(device: str, target: Target, boards: int = 1) -> Runner:
+    """The runner for ``--device``: ``host``, ``emulated``, ``ssh://user@host[:port]``, ``adb[://SERIAL]`` or
+    ``rpc://TRACKER[:PORT]/KEY`` (``boards`` boards of a TVM RPC farm at once)."""
+    if device.startswith("rpc://"):
+        from edgekit.farm import RpcRunner
+
+        return RpcRunner(device, target, boards)
+    if boards != 1:
+        raise EdgekitError(
+            f"--boards {boards} needs a board farm", "pass --device rpc://TRACKER:PORT/KEY, or drop --boards"
+        )
     if device == "host":
         return HostRunner()
     if device == "emulated":
@@ -455,5 +462,6 @@ def get_runner(device: str, target: Target) -> Runner:
 
         return AdbRunner(device)
     raise EdgekitError(
-        f"unknown device '{device}'", "use --device host, emulated, ssh://user@host[:port] or adb[://SERIAL]"
+        f"unknown device '{device}'",
+        "use --device host, emulated, ssh://user@host[:port], adb[://SERIAL] or rpc://TRACKER:PORT/KEY",
     )

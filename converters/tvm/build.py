@@ -22,6 +22,7 @@ from edgekit.converters.base import (
     io_by_name,
     write_manifest,
 )
+from edgekit.converters.tvm.tune import TuneConfig, records_digest, tune_and_compile
 
 from edgekit.errors import one_line
 
@@ -36,20 +37,57 @@ def host_target() -> dict:
     }
 
 
-def compile_library(onnx_path, shapes: dict, target: dict, path, cc: str | None) -> None:
-    """Import ``onnx_path`` with the Relax frontend, compile for ``target`` and export a shared library."""
+def compile_library(
+    onnx_path,
+    shapes: dict,
+    target: dict,
+    path,
+    cc: str | None,
+    tune: TuneConfig | None = None,
+    work: Path | None = None,
+) -> dict | None:
+    """Import ``onnx_path`` with the Relax frontend, compile for ``target`` (tuned with MetaSchedule when
+    ``tune`` is given) and export a shared library; returns the tuning's account, if any."""
     import tvm
     from tvm.relax.frontend.onnx import from_onnx
 
-    mod = from_onnx(onnx.load(str(onnx_path)), shape_dict=shapes)
-    executable = tvm.compile(mod, target=tvm.target.Target(target))
+    mod = from_onnx(onnx.load(str(onnx_path)), shape_dict=shapes, keep_params_in_input=False)
+    stats = None
+    if tune is None:
+        executable = tvm.compile(mod, target=tvm.target.Target(target))
+    else:
+        executable, stats = tune_and_compile(mod, target, tune, cc, work or Path(path).parent)
     executable.export_library(str(path), **({"cc": cc} if cc else {}))
+    return stats
 
 
 INTEGER_SHARE_MIN = 0.8  # TVM int8 is offered only where this share of the compute layers runs on integers
 
 
 class TvmConverter(Converter):
+    def cache_inputs(self, ctx: BuildContext) -> dict:
+        """A tuned build also depends on the tuning records it starts from."""
+        tune = TuneConfig.from_options(ctx.options)
+        return {"tuning_records": records_digest(tune.records)} if tune else {}
+
+    def extra_build_s(self, ctx: BuildContext) -> float:
+        tune = TuneConfig.from_options(ctx.options)
+        return 60 * tune.minutes if tune else 0.0
+
+    def _tuning(self, ctx: BuildContext, on_host: bool) -> tuple[TuneConfig | None, str]:
+        """The tuning this build gets, or why it gets none."""
+        tune = TuneConfig.from_options(ctx.options)
+        if tune is None:
+            return None, (
+                "untuned: TVM's default schedules (no MetaSchedule tuning records; --tune N); latency is not TVM's best"
+            )
+        if not on_host and tune.tracker is None:
+            return None, (
+                f"untuned: tuning for {ctx.target.arch} measures candidates on {ctx.target.arch} boards — pass "
+                f"--device rpc://TRACKER:PORT/KEY with such boards (not emulated ones) and --tune again"
+            )
+        return tune, ""
+
     @staticmethod
     def _integer_share(graph: Path) -> float:
         from edgekit.executed import onnx_counts, summary
@@ -87,15 +125,16 @@ class TvmConverter(Converter):
         libs = {ctx.target.arch: f"model_{precision}.{linux_triple}.so"}
         if not on_host:
             libs[platform.machine()] = f"model_{precision}.{platform.machine()}-linux-gnu.so"
+        tune, untuned = self._tuning(ctx, on_host)
         try:
-            self._compile_all(source, shapes, ctx, device_target, cc, libs)
+            tuning = self._compile_all(source, shapes, ctx, device_target, cc, libs, tune)
         except Exception as exc:
             if source == ctx.onnx_fp32:
                 raise
             notes.append(f"TVM could not lower the int8 graph ({one_line(exc, 160)}); built from fp32 instead")
             precision, quant, source = "fp32", "", ctx.onnx_fp32
             libs = {k: v.replace("int8", "fp32") for k, v in libs.items()}
-            self._compile_all(source, shapes, ctx, device_target, cc, libs)
+            tuning = self._compile_all(source, shapes, ctx, device_target, cc, libs, tune)
         if not on_host:
             notes.append(
                 f"{ctx.target.arch} library cross-linked with {ctx.target.cross_compiler}; "
@@ -104,10 +143,26 @@ class TvmConverter(Converter):
         if ctx.target.platform == "android":
             libs["android"], note = self._android(source, shapes, ctx, target, precision)
             notes.append(note)
-        notes.append("untuned: TVM's default schedules (no MetaSchedule tuning records); latency is not TVM's best")
+        notes.append(untuned or self._tuned_note(tuning, on_host))
         result = BuildResult(self.name, precision, libs, notes=notes, quantization=quant)
-        write_manifest(ctx, result, io_by_name(ctx.inputs), io_by_name(ctx.outputs), tvm_target=target)
+        inputs, outputs = io_by_name(ctx.inputs), io_by_name(ctx.outputs)
+        write_manifest(ctx, result, inputs, outputs, tvm_target=target, tuning=tuning)
         return result
+
+    @staticmethod
+    def _tuned_note(t: dict, on_host: bool) -> str:
+        searched = (
+            f"{t['searched']} searched now ({t['trials']} measured trials in {t['tuning_s']:.0f} s on "
+            f"{t['measured_on']})"
+            if t["searched"]
+            else "no search needed"
+        )
+        left = f"; {t['untuned']} without a record keep default schedules" if t["untuned"] else ""
+        twin = "" if on_host else "; the host library is untuned"
+        return (
+            f"tuned with MetaSchedule: {t['workloads']} workloads, {t['from_records']} from the records, {searched}"
+            f"{left}{twin}; records: {t['records']}"
+        )
 
     @staticmethod
     def _android(source, shapes, ctx: BuildContext, target: dict, precision: str) -> tuple[str, str]:
@@ -123,10 +178,13 @@ class TvmConverter(Converter):
         )
 
     @staticmethod
-    def _compile_all(source, shapes, ctx: BuildContext, target: dict, cc, libs: dict[str, str]) -> None:
-        compile_library(source, shapes, target, ctx.out_dir / libs[ctx.target.arch], cc)
+    def _compile_all(
+        source, shapes, ctx: BuildContext, target: dict, cc, libs: dict[str, str], tune: TuneConfig | None
+    ) -> dict | None:
+        stats = compile_library(source, shapes, target, ctx.out_dir / libs[ctx.target.arch], cc, tune, ctx.work_dir)
         if platform.machine() != ctx.target.arch:
             compile_library(source, shapes, host_target(), ctx.out_dir / libs[platform.machine()], None)
+        return stats
 
     def executed(self, build_dir: Path, manifest: dict, measured: dict, work: Path) -> dict:
         """TVM's ONNX frontend dequantizes QDQ weights/activations to float kernels; integer MatMuls stay integer."""

@@ -1,0 +1,186 @@
+"""MetaSchedule tuning of TVM builds, with records that outlive the build.
+
+The records live in one MetaSchedule JSON database (``database_workload.json`` +
+``database_tuning_record.json``), keyed by workload (the fused TIR function, structurally hashed) and by
+the exact target (triple, ``-mcpu``, ``-mattr``, cores). The default folder is under edgekit's cache;
+``--tuning-records DIR`` points at a folder that CI or teammates share. Only the workloads that have no
+record for the target are searched: a model whose workloads are all in the records is compiled with no
+search at all. Candidates are measured on this machine, or on boards of the target's device class through
+a TVM RPC tracker (``--device rpc://…``), so that tuning for arm64 happens on arm64.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
+DEFAULT_MINUTES = 20.0  # the search's time budget without --tune-minutes (MetaSchedule saves records only at its end)
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """``--tune TRIALS`` (per workload), ``--tune-minutes`` (search time), ``--tuning-records DIR`` and the boards."""
+
+    trials: int
+    minutes: float
+    records: Path
+    tracker: str | None = None  # "HOST:PORT/KEY": measure candidates on these boards
+    cores: int | None = None  # the boards' cores (MetaSchedule parallelises for them)
+
+    @classmethod
+    def from_options(cls, options: dict) -> TuneConfig | None:
+        if not options.get("tune_trials"):
+            return None
+        return cls(
+            int(options["tune_trials"]),
+            options.get("tune_minutes") or DEFAULT_MINUTES,
+            Path(options["tuning_records"]),
+            options.get("tune_tracker"),
+            options.get("tune_cores"),
+        )
+
+
+def records_digest(folder: Path) -> str:
+    """What a build tuned from ``folder`` depends on (its database files' bytes)."""
+    h = hashlib.sha256()
+    for name in DATABASE_FILES:
+        path = folder / name
+        h.update(path.read_bytes() if path.is_file() else b"-")
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """One process at a time searches and writes a records folder (several builds may share it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _in_process_builder(cc: str | None, folder: Path):
+    """A MetaSchedule builder that compiles candidates in this process. TVM's LocalBuilder starts fresh
+    worker processes for every batch, and each spends ~40 s importing TVM's tensor intrinsics here — past
+    its 30 s limit, so every candidate failed. The library is linked with ``cc`` (a cross compiler for a
+    board), so that the board loads a ready ``.so`` and needs no compiler."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+    from tvm.s_tir.meta_schedule.builder.local_builder import default_build
+
+    @derived_object
+    class InProcessBuilder(PyBuilder):
+        def build(self, build_inputs):
+            results = []
+            for item in build_inputs:
+                try:
+                    lib = default_build(item.mod, item.target, None)
+                    path = os.path.join(tempfile.mkdtemp(dir=folder), "candidate.so")
+                    lib.export_library(path, **({"cc": cc} if cc else {}))
+                    results.append(BuilderResult(path, None))
+                except Exception as exc:  # a candidate that does not compile is a failed trial, not a failed build
+                    results.append(BuilderResult(None, f"{type(exc).__name__}: {str(exc)[:400]}"))
+            return results
+
+    return InProcessBuilder()
+
+
+def _time_budget(minutes: float, tasks: int):
+    """A measure callback that ends the search once ``minutes`` have passed (the records so far are kept)."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+    deadline = time.monotonic() + 60 * minutes
+
+    @derived_object
+    class TimeBudget(PyMeasureCallback):
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
+            if time.monotonic() > deadline:
+                for i in range(tasks):
+                    task_scheduler.terminate_task(i)
+
+    return TimeBudget()
+
+
+def _runner(config: TuneConfig):
+    from tvm.s_tir import meta_schedule as ms
+
+    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False)
+    if config.tracker is None:
+        return ms.runner.LocalRunner(timeout_sec=60, evaluator_config=evaluator)
+    address, key = config.tracker.split("/", 1)
+    host, port = address.rsplit(":", 1)
+    rpc = ms.runner.RPCConfig(tracker_host=host, tracker_port=int(port), tracker_key=key, session_timeout_sec=120)
+    return ms.runner.RPCRunner(rpc, evaluator_config=evaluator, max_workers=1)
+
+
+def tune_and_compile(mod, target: dict, config: TuneConfig, cc: str | None, work: Path):
+    """Compile ``mod`` for ``target`` with the records' best schedules, searching first (``config.trials``
+    trials per workload, at most ``config.minutes``) for the workloads that have none.
+    Returns (executable, what happened)."""
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.relax_integration import extract_tasks, extracted_tasks_to_tune_contexts
+
+    tvm_target = tvm.target.Target({**target, "num-cores": config.cores or os.cpu_count() or 1})
+    mod = relax.transform.DecomposeOpsForInference()(mod)
+    mod = relax.transform.CanonicalizeBindings()(mod)
+    with tvm_target:
+        mod = relax.get_pipeline("zero")(mod)  # legalized and fused: the workloads the records are keyed by
+    tasks = extract_tasks(mod, tvm_target)
+    with _locked(config.records):
+        database = ms.database.JSONDatabase(work_dir=str(config.records))
+        missing = [t for t in tasks if database.query_tuning_record(t.dispatched[0], tvm_target, t.task_name) is None]
+        started = time.perf_counter()
+        trials = 0
+        if missing:
+            logs = work / "tuning_logs"
+            logs.mkdir(parents=True, exist_ok=True)
+            contexts, weights = extracted_tasks_to_tune_contexts(missing, str(logs))
+            ms.tune_tasks(
+                tasks=contexts,
+                task_weights=weights,
+                work_dir=str(logs),
+                max_trials_global=config.trials * len(missing),
+                max_trials_per_task=config.trials,
+                num_trials_per_iter=min(config.trials, 32),
+                builder=_in_process_builder(cc, logs),
+                runner=_runner(config),
+                database=database,
+                cost_model="xgb",
+                measure_callbacks=[
+                    *ms.measure_callback.MeasureCallback.create("default"),
+                    _time_budget(config.minutes, len(missing)),
+                ],
+            )
+            trials = sum(len(database.get_top_k(database.commit_workload(t.dispatched[0]), 10**6)) for t in missing)
+        tuning_s = time.perf_counter() - started
+        with tvm_target, database:
+            mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+        still_missing = sum(
+            database.query_tuning_record(t.dispatched[0], tvm_target, t.task_name) is None for t in tasks
+        )
+    executable = tvm.compile(mod, target=tvm_target)
+    stats = {
+        "workloads": len(tasks),
+        "from_records": len(tasks) - len(missing),
+        "searched": len(missing),
+        "untuned": still_missing,
+        "trials": trials,
+        "tuning_s": round(tuning_s, 1),
+        "records": str(config.records),
+        "measured_on": (config.tracker and f"boards rpc://{config.tracker}") or "this machine",
+        "target": str(tvm_target),
+    }
+    return executable, stats

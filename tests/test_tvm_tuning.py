@@ -1,0 +1,86 @@
+"""TVM tuning: MetaSchedule searches the workloads that have no record (on boards through the tracker, or on
+this machine), writes them to a shareable records folder, and the next conversion compiles with no search."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from edgekit import convert
+from edgekit.cli import app
+from edgekit.farm import Farm
+from tests.conftest import cnn_options
+
+
+def _tvm(report: dict, out) -> tuple[dict, dict]:
+    row = next(b for b in report["builds"] if b["backend"] == "tvm")
+    return row, json.loads((out / "tvm_fp32" / "build.json").read_text())["tuning"]
+
+
+@pytest.mark.slow
+def test_tuned_on_a_board_then_rebuilt_from_the_records_without_search(tmp_path, cnn_case):
+    records = tmp_path / "records"
+    common = dict(target="host", eval=cnn_case["eval"], backends=("tvm",), precisions=("fp32",), runs=3, warmup=1)
+    with Farm("tune", host_boards=1) as farm:
+        first = convert(
+            cnn_options(cnn_case, device=farm.url, out=tmp_path / "a", tune_trials=1, tuning_records=records, **common)
+        )
+    row, tuning = _tvm(first, tmp_path / "a")
+    assert row["status"] == "ok", row
+    assert tuning["workloads"] >= 4 and tuning["searched"] == tuning["workloads"] and tuning["from_records"] == 0
+    assert tuning["trials"] >= tuning["workloads"] and tuning["untuned"] == 0  # every workload measured on the board
+    assert tuning["measured_on"] == f"boards rpc://127.0.0.1:{farm.port}/tune"
+    assert any(n.startswith("tuned with MetaSchedule") for n in row["notes"])
+    assert row["accuracy"]["top1_agreement"] >= 0.99  # the tuned kernels compute the same function
+    saved = {p.name: p.read_bytes() for p in records.glob("database_*.json")}
+    assert len(saved) == 2 and all(saved.values())
+
+    second = convert(
+        cnn_options(cnn_case, device="host", out=tmp_path / "b", tune_trials=1, tuning_records=records, **common)
+    )
+    row, tuning = _tvm(second, tmp_path / "b")
+    assert row["status"] == "ok", row
+    assert tuning["searched"] == 0 and tuning["from_records"] == tuning["workloads"] and tuning["untuned"] == 0
+    assert any("no search needed" in n for n in row["notes"])
+    assert {p.name: p.read_bytes() for p in records.glob("database_*.json")} == saved  # nothing searched or added
+    assert row["accuracy"]["top1_agreement"] >= 0.99
+
+
+def test_tuning_for_another_architecture_needs_its_boards(tmp_path, cnn_case):
+    report = convert(
+        cnn_options(
+            cnn_case,
+            target="arm64",
+            device="host",
+            out=tmp_path / "o",
+            backends=("tvm",),
+            precisions=("fp32",),
+            runs=2,
+            warmup=0,
+            tune_trials=4,
+            tuning_records=tmp_path / "records",
+        )
+    )
+    row = report["builds"][0]
+    assert row["status"] == "ok", row
+    assert any("untuned: tuning for aarch64 measures candidates on aarch64 boards" in n for n in row["notes"])
+    assert not (tmp_path / "records" / "database_tuning_record.json").exists()
+
+
+def test_bad_tuning_options_exit_2_with_one_line(tmp_path, cnn_case):
+    (tmp_path / "file").write_text("x")
+    cases = [
+        (["--tune", "-1"], "--tune -1 must be an integer ≥ 0"),
+        (["--tune", "2", "--tuning-records", str(tmp_path / "file")], "is a file"),
+        (["--tune", "2", "--tune-minutes", "0"], "--tune-minutes 0.0 must be positive"),
+        (["--tune", "2", "--backends", "onnxruntime"], "--tune tunes TVM builds, and tvm is not among the backends"),
+    ]
+    for args, says in cases:
+        out = tmp_path / "o"
+        argv = ["convert", "edgekit.models.small_cnn:SmallCNN", "--weights", str(cnn_case["weights"]), "--target"]
+        result = CliRunner().invoke(app, [*argv, "host", "--calib", str(cnn_case["calib"]), "--out", str(out), *args])
+        assert result.exit_code == 2, result.output
+        assert says in result.output and "Traceback" not in result.output
+        assert not out.exists()
