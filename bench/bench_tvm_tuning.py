@@ -55,6 +55,7 @@ def _conversion(name: str, tmp: Path, runs: int, **tune) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=16, help="MetaSchedule trials per workload")
+    parser.add_argument("--minutes", type=float, help="--tune-minutes: added to the TVM build's time limit (default 20)")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)
     parser.add_argument("--records", type=Path, help="keep the tuning records here (default: a temporary folder)")
@@ -64,10 +65,11 @@ def main() -> None:
         records = args.records or Path(tmp) / "records"
         if records.exists():
             raise SystemExit(f"{records} exists: the tuned conversion must start from empty records")
+        tune = {"tune_trials": args.trials, "tune_minutes": args.minutes, "tuning_records": records}
         results["conversions"] = [
             _conversion("untuned", Path(tmp), args.runs),
-            _conversion("tuned", Path(tmp), args.runs, tune_trials=args.trials, tuning_records=records),
-            _conversion("from records", Path(tmp), args.runs, tune_trials=args.trials, tuning_records=records),
+            _conversion("tuned", Path(tmp), args.runs, **tune),
+            _conversion("from records", Path(tmp), args.runs, **tune),
         ]
     (args.out / "tvm_tuning_results.json").write_text(json.dumps(results, indent=2))
     lines = [

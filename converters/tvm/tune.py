@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
-DEFAULT_MINUTES = 20.0  # the search's time budget without --tune-minutes (MetaSchedule saves records only at its end)
+DEFAULT_MINUTES = 20.0  # what the search adds to the build's time limit without --tune-minutes
 
 
 @dataclass(frozen=True)
 class TuneConfig:
-    """``--tune TRIALS`` (per workload), ``--tune-minutes`` (search time), ``--tuning-records DIR`` and the boards."""
+    """``--tune TRIALS`` (per workload), ``--tune-minutes`` (added to the build's time limit), ``--tuning-records
+    DIR`` and the boards."""
 
     trials: int
     minutes: float
@@ -95,23 +96,6 @@ def _in_process_builder(cc: str | None, folder: Path):
     return InProcessBuilder()
 
 
-def _time_budget(minutes: float, tasks: int):
-    """A measure callback that ends the search once ``minutes`` have passed (the records so far are kept)."""
-    from tvm.ir.utils import derived_object
-    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
-
-    deadline = time.monotonic() + 60 * minutes
-
-    @derived_object
-    class TimeBudget(PyMeasureCallback):
-        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
-            if time.monotonic() > deadline:
-                for i in range(tasks):
-                    task_scheduler.terminate_task(i)
-
-    return TimeBudget()
-
-
 def _runner(config: TuneConfig):
     from tvm.s_tir import meta_schedule as ms
 
@@ -126,7 +110,7 @@ def _runner(config: TuneConfig):
 
 def tune_and_compile(mod, target: dict, config: TuneConfig, cc: str | None, work: Path):
     """Compile ``mod`` for ``target`` with the records' best schedules, searching first (``config.trials``
-    trials per workload, at most ``config.minutes``) for the workloads that have none.
+    trials per workload) for the workloads that have none.
     Returns (executable, what happened)."""
     import tvm
     from tvm import relax
@@ -159,10 +143,6 @@ def tune_and_compile(mod, target: dict, config: TuneConfig, cc: str | None, work
                 runner=_runner(config),
                 database=database,
                 cost_model="xgb",
-                measure_callbacks=[
-                    *ms.measure_callback.MeasureCallback.create("default"),
-                    _time_budget(config.minutes, len(missing)),
-                ],
             )
             trials = sum(len(database.get_top_k(database.commit_workload(t.dispatched[0]), 10**6)) for t in missing)
         tuning_s = time.perf_counter() - started
