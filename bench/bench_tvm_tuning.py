@@ -55,7 +55,7 @@ def _conversion(name: str, tmp: Path, runs: int, **tune) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=16, help="MetaSchedule trials per workload")
-    parser.add_argument("--minutes", type=float, help="--tune-minutes: added to the TVM build's time limit (default 20)")
+    parser.add_argument("--minutes", type=float, help="--tune-minutes (default 20)")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)
     parser.add_argument("--records", type=Path, help="keep the tuning records here (default: a temporary folder)")
