@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import socket
 import statistics
 import subprocess
@@ -130,7 +129,7 @@ class RpcBoard(RemoteRunner):
     def execute(self, remote: str, argv: list[str], timeout: float) -> subprocess.CompletedProcess:
         reply = self.session.get_function("edgekit.board.run")(json.dumps(argv[1:]), float(timeout))
         out = json.loads(reply)
-        return subprocess.CompletedProcess(argv, 137 if out["rc"] == 137 else out["rc"], "", out["stderr"])
+        return subprocess.CompletedProcess(argv, out["rc"], "", out["stderr"])
 
     def pull(self, remote: str, local: Path) -> None:
         data = bytes(self.session.get_function("edgekit.board.pack")(remote.removeprefix("./")))
@@ -532,8 +531,3 @@ class Farm:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-
-def run_board(argv: list[str]) -> int:
-    """``edgekit farm board``: serve this machine as a board (the board server, in this process)."""
-    os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
-    return board_server.main(argv)
