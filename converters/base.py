@@ -30,7 +30,8 @@ class BackendSpec:
     runtime_modules: tuple[str, ...] = ()  # import names on a device; any one of them runs the builds
     runtime_package: str = ""  # what to pip install on a device that has none of them
     libraries: tuple[str, ...] = ()  # distributions whose versions key the build cache
-    int8_graph: bool = False  # int8 builds start from edgekit's shared int8 ONNX graph (ORT's quantizer)
+    int8_graph: bool = False  # int8 builds start from edgekit's shared int8 ONNX graph
+    int8_biases: bool = False  # int8 builds quantize themselves, with the shared graph's bias-corrected biases
     int8_modes: tuple[str, ...] = ("static", "dynamic")  # int8 modes whose builds compute in integer arithmetic
     int8_not_offered: str = ""  # why int8 is not offered in the other modes (the build is made in fp32 instead)
     source: str = "onnx"  # the model it converts: onnx | pytorch

@@ -394,6 +394,17 @@ def convert_cmd(
             rich_help_panel="Quantization", help="auto (dynamic for MatMul models with token inputs) | static | dynamic"
         ),
     ] = "auto",
+    quantizer: Annotated[
+        str,
+        typer.Option(
+            rich_help_panel="Quantization",
+            help="static int8: nncf (NNCF PTQ with bias correction) | ort (ONNX Runtime quantize_static)",
+        ),
+    ] = "nncf",
+    bias_correction: Annotated[
+        str,
+        typer.Option(rich_help_panel="Quantization", help="NNCF bias correction: full | fast | none"),
+    ] = "full",
     backend_option: Annotated[
         list[str] | None,
         typer.Option(
@@ -459,7 +470,9 @@ def convert_cmd(
             else None
         )
         options = parse_backend_options(v.backend_option or [], v.hls_config)
-        quant = QuantConfig(v.calib_method, not v.per_tensor, v.symmetric_activations, v.int8_mode)
+        quant = QuantConfig(
+            v.calib_method, not v.per_tensor, v.symmetric_activations, v.int8_mode, v.quantizer, v.bias_correction
+        )
     _execute(
         ConvertOptions(
             model=v.model,
@@ -515,11 +528,16 @@ def demo(
     precision: Annotated[str | None, typer.Option(help="fp32|fp16|int8, comma-separated")] = None,
     device: Annotated[str | None, typer.Option(help="host | emulated; default from target")] = None,
     runs: Annotated[int, typer.Option(help="timed runs per build")] = 50,
+    eval_photos: Annotated[
+        bool, typer.Option(help="judge on the 240 prepared photos (`edgekit photos prepare`), not the bundled crops")
+    ] = False,
 ) -> None:
     """Run the whole pipeline on the bundled EfficientNet-Lite0 (ImageNet weights) and bundled real photos."""
     from edgekit.demo import demo_options
 
-    _execute(demo_options(target, out, precisions=_csv(precision), device=device, runs=runs))
+    with _guarded():
+        opts = demo_options(target, out, precisions=_csv(precision), device=device, runs=runs, photos=eval_photos)
+    _execute(opts)
 
 
 @app.command("prune-scan")
@@ -755,6 +773,20 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="print the check
         mark = "[green]✓[/]" if c.present else "[yellow]–[/]"
         table.add_row(mark, c.name, c.needed_for, c.detail, "" if c.present else c.fix)
     wide_console(200).print(table)
+
+
+@app.command()
+def photos(
+    action: Annotated[str, typer.Argument(help="prepare: fetch (or find) the held-out photo set")],
+) -> None:
+    """The held-out photo set of `edgekit demo --eval-photos` and the benchmarks (cached; licences beside it)."""
+    from edgekit.photos import prepare
+
+    if action != "prepare":
+        raise _usage_error(EdgekitError(f"unknown action '{action}'", "use `edgekit photos prepare`"))
+    with _guarded():
+        folder = prepare(log=err.log)
+    Console().print(f"photos ready: {folder}", highlight=False)
 
 
 cache_app = typer.Typer(

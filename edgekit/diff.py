@@ -17,7 +17,8 @@ import numpy as np
 
 from edgekit.errors import EdgekitError
 
-JUMP_DB = 6.0  # a layer whose output SNR is this much below its inputs' is where the error "jumps"
+JUMP_DB = 6.0  # a layer whose output SNR is this much below its inputs' is where the error "jumps"…
+JUMP_FLOOR_DB = 25.0  # …and ends below this (int8 noise alone keeps a healthy layer at 30–45 dB)
 INPUT_SNR_DB = 40.0  # what layers fed by the model inputs are measured against (≈ an 8-bit quantized input)
 
 
@@ -147,7 +148,7 @@ def layer_diff(original: Path, build_dir: Path, feed: dict[str, np.ndarray]) -> 
                     "jump_db": min(inputs_snr, INPUT_SNR_DB) - value if np.isfinite(value) else None,
                 }
             )
-    first = next((r for r in rows if (r["jump_db"] or 0.0) >= JUMP_DB), None)
+    first = next((r for r in rows if (r["jump_db"] or 0.0) >= JUMP_DB and r["snr_db"] < JUMP_FLOOR_DB), None)
     worst = max(rows, key=lambda r: r["jump_db"] or 0.0, default=None)
     return {
         "build": str(build_dir),
@@ -159,6 +160,7 @@ def layer_diff(original: Path, build_dir: Path, feed: dict[str, np.ndarray]) -> 
         "first_jump": first,
         "largest_jump": worst,
         "jump_threshold_db": JUMP_DB,
+        "jump_floor_db": JUMP_FLOOR_DB,
     }
 
 

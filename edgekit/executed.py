@@ -19,16 +19,22 @@ INT8_ONNX_OPS = {
 FLOAT_ONNX_OPS = {"Conv", "FusedConv", "ConvTranspose", "MatMul", "FusedMatMul", "Gemm", "FusedGemm"}
 
 
-def summary(int8: int, floating: int, source: str) -> dict:
+def summary(int8: int, floating: int, source: str, float_kinds: dict[str, int] | None = None) -> dict:
+    """``precision``: int8 when every compute layer runs in int8, mixed when some do, float when none do;
+    ``float_kinds``: the float compute layers by kind and precision, where the backend can tell."""
     total = int8 + floating
     share = int8 / total if total else 0.0
-    return {
+    said = {
         "int8_compute_layers": int8,
         "float_compute_layers": floating,
         "int8_share": share,
+        "precision": "int8" if floating == 0 else ("float" if int8 == 0 else "mixed"),
         "mostly_float": total > 0 and share < 0.5,
         "source": source,
     }
+    if float_kinds:
+        said["float_kinds"] = float_kinds
+    return said
 
 
 def onnx_counts(model) -> tuple[int, int]:

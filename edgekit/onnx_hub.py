@@ -160,6 +160,8 @@ def onnx_output_specs(path: Path) -> list[TensorSpec]:
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 INT8_MODES = ("auto", "static", "dynamic")
+QUANTIZERS = ("nncf", "ort")
+BIAS_CORRECTIONS = ("full", "fast", "none")
 
 
 @dataclass(frozen=True)
@@ -170,17 +172,27 @@ class QuantConfig:
     per_channel: bool = True  # weights: per output channel, else per tensor
     symmetric_activations: bool = False
     mode: str = "auto"  # auto: dynamic for MatMul models with token (integer) inputs, static otherwise
+    quantizer: str = "nncf"  # static int8: nncf (with bias correction) | ort (ONNX Runtime's quantize_static)
+    bias_correction: str = "full"  # NNCF's: full (layer by layer on the calibration set) | fast | none
 
     def __post_init__(self) -> None:
-        if self.method not in CALIB_METHODS:
-            raise EdgekitError(f"unknown calibration method '{self.method}'", f"use one of {', '.join(CALIB_METHODS)}")
-        if self.mode not in INT8_MODES:
-            raise EdgekitError(f"unknown int8 mode '{self.mode}'", f"use one of {', '.join(INT8_MODES)}")
+        for value, allowed, what in (
+            (self.method, CALIB_METHODS, "calibration method"),
+            (self.mode, INT8_MODES, "int8 mode"),
+            (self.quantizer, QUANTIZERS, "quantizer"),
+            (self.bias_correction, BIAS_CORRECTIONS, "bias correction"),
+        ):
+            if value not in allowed:
+                raise EdgekitError(f"unknown {what} '{value}'", f"use one of {', '.join(allowed)}")
 
     def describe(self) -> str:
         weights = "per-channel" if self.per_channel else "per-tensor"
         acts = "symmetric" if self.symmetric_activations else "asymmetric"
-        return f"{self.method} calibration, {weights} weights, {acts} activations"
+        said = f"{self.method} calibration, {weights} weights, {acts} activations"
+        if self.quantizer == "nncf":
+            correction = "no" if self.bias_correction == "none" else self.bias_correction
+            said += f", {correction} bias correction"
+        return said
 
 
 def int8_mode(onnx_path: Path, specs: list[TensorSpec], config: QuantConfig) -> str:
@@ -233,14 +245,9 @@ def quantize_qdq(
     calib: Dataset,
     workdir: Path,
     config: QuantConfig = QuantConfig(),
-    u8u8: bool = False,
     advance: Callable[[int], None] = lambda n: None,
 ) -> Path:
-    """Static int8 PTQ with ONNX Runtime: QDQ format, symmetric int8 weights, calibrated activations.
-
-    ``u8u8`` (uint8 activations and asymmetric uint8 weights) is what ORT's x86 kernels need on CPUs without
-    VNNI, where the signed-weight kernels saturate 16-bit partial sums.
-    """
+    """Static int8 PTQ with ONNX Runtime: QDQ format, symmetric int8 weights, calibrated activations."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -269,8 +276,8 @@ def quantize_qdq(
         Reader(),
         quant_format=QuantFormat.QDQ,
         per_channel=config.per_channel,
-        activation_type=QuantType.QUInt8 if u8u8 else QuantType.QInt8,
-        weight_type=QuantType.QUInt8 if u8u8 else QuantType.QInt8,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
         calibrate_method={
             "minmax": CalibrationMethod.MinMax,
             "entropy": CalibrationMethod.Entropy,
@@ -280,7 +287,7 @@ def quantize_qdq(
         # accuracy fallback takes a layer out of int8; ORT still fuses them when it runs the graph.
         extra_options={
             "ActivationSymmetric": config.symmetric_activations,
-            "WeightSymmetric": not u8u8,
+            "WeightSymmetric": True,
             "QDQKeepRemovableActivations": True,
         },
     )

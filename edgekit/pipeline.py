@@ -37,6 +37,7 @@ from edgekit.data import (
 )
 from edgekit.errors import EdgekitError, one_line
 from edgekit.gates import Tolerances, against_baseline, load_baseline
+from edgekit.int8 import quantize_static
 from edgekit.metrics import agreement, compare, finite_metrics, latency_stats
 from edgekit.procs import run as run_process
 from edgekit.progress import Advance, Progress, as_progress
@@ -82,6 +83,7 @@ class ConvertOptions:
     boards: int = 1  # with --device rpc://…: run every build on this many boards of the farm at once
     input_shapes: dict[str, tuple[tuple[int, ...], str]] | None = None
     image: ImagePreprocess = field(default_factory=ImagePreprocess)
+    eval_image: ImagePreprocess | None = None  # how an --eval image folder is read (None: like --calib)
     calib_size: int = 100
     eval_size: int = 100
     warmup: int = 10
@@ -343,7 +345,7 @@ def _data(opts: ConvertOptions, source: SourceModel, log: Log) -> tuple[Dataset,
         if len(specs) == 1 and specs[0].name not in data.inputs:
             data = Dataset({specs[0].name: next(iter(data.inputs.values()))}, data.labels, data.source)
     if opts.eval is not None:
-        evalset = load_dataset(opts.eval, specs, opts.image)
+        evalset = load_dataset(opts.eval, specs, opts.eval_image or opts.image)
         calib = data.take(0, min(opts.calib_size, len(data)))
         evalset = evalset.take(0, min(opts.eval_size, len(evalset)))
     else:
@@ -675,7 +677,7 @@ def _quantize(
     int8 = Int8Graph(onnx_hub.int8_mode(onnx.path, specs, opts.quant))
     if "int8" not in precisions:
         return int8
-    if any(backend_spec(b).int8_graph for b in backends) or budget is not None:
+    if any(backend_spec(b).int8_graph or backend_spec(b).int8_biases for b in backends) or budget is not None:
         folder = onnx.path.parent
         int8.path, int8.error = _shared_int8_graph(onnx.path, folder, calib, opts.quant, int8.mode, shared, log)
     else:
@@ -855,12 +857,15 @@ def _prune(
 def _shared_int8_graph(
     fp32: Path, folder: Path, calib: Dataset, quant: onnx_hub.QuantConfig, mode: str, shared: tuple, log: Progress
 ) -> tuple[Path | None, str | None]:
-    """ORT's int8 graph that ONNX Runtime and TVM build from (and the fallback searches): (path, error)."""
+    """The shared int8 graph that ONNX Runtime and TVM build from, TFLite takes its biases from and the fallback
+    searches (static: NNCF's QDQ graph; dynamic: ORT's): (path, error)."""
     store, calib_digest, scratch = shared
     name = "model_int8_dynamic.onnx" if mode == "dynamic" else "model_int8_qdq.onnx"
     parts = {"onnx": file_digest(fp32), "calib": calib_digest, "quant": asdict(quant), "mode": mode}
     key = make_key("int8-graph", parts)
-    what = "dynamic int8 (MatMul model with token inputs)" if mode == "dynamic" else f"int8 (QDQ, {quant.describe()})"
+    what = f"int8 (QDQ, {quant.quantizer.upper()}, {quant.describe()})"
+    if mode == "dynamic":
+        what = "dynamic int8 (MatMul model with token inputs)"
     with log.step(f"quantizing to {what} with the calibration set", WEIGHT_CALIBRATION, len(calib)) as advance:
         if store.get(key, scratch / f"cached_{key}") is not None:
             log("int8 graph reused from the cache")
@@ -869,9 +874,9 @@ def _shared_int8_graph(
             if mode == "dynamic":
                 graph = onnx_hub.quantize_dynamic_int8(fp32, folder / name, quant, scratch)
             else:
-                graph = onnx_hub.quantize_qdq(fp32, folder / name, calib, scratch, quant, advance=advance)
+                graph = quantize_static(fp32, folder / name, calib, scratch, quant, advance)
         except Exception as exc:
-            return None, f"ONNX Runtime {mode} quantization failed: {one_line(exc)}"
+            return None, f"{mode} int8 quantization failed: {one_line(exc)}"
         store.put(key, graph, {"kind": "int8-graph"})
         return graph, None
 
@@ -1027,7 +1032,7 @@ def _build(run: _BuildRun, backend: str, precision: str, fp32_too: bool) -> tupl
         precision = "fp32"
     ctx = BuildContext(
         onnx_fp32=run.onnx.path,
-        onnx_qdq=run.int8.path if spec.int8_graph and precision == "int8" else None,
+        onnx_qdq=run.int8.path if (spec.int8_graph or spec.int8_biases) and precision == "int8" else None,
         precision=precision,
         target=run.target,
         calib=run.calib,
@@ -1221,11 +1226,16 @@ def _measure(run: _BuildRun, backend: str, build: dict, row: dict, spec: RunSpec
         row["speedup_vs_original"] = paired["p50"] / row["latency_ms"]["p50"]
     if row["precision"] == "int8":
         row["executed"] = _executed(backend, out_dir, row, run.scratch / f"inspect_{name}")
-        if row["executed"].get("mostly_float"):
-            e = row["executed"]
+        e = row["executed"]
+        total = e.get("int8_compute_layers", 0) + e.get("float_compute_layers", 0)
+        if e.get("mostly_float"):
             row["notes"].append(
-                f"silent float fallback: only {e['int8_compute_layers']} of "
-                f"{e['int8_compute_layers'] + e['float_compute_layers']} compute layers run in int8 ({e['source']})"
+                f"silent float fallback: only {e['int8_compute_layers']} of {total} compute layers run in int8 "
+                f"({e['source']})"
+            )
+        elif e.get("precision") == "mixed":
+            row["notes"].append(
+                f"mixed precision: {e['float_compute_layers']} of {total} compute layers run in float ({e['source']})"
             )
     return True
 

@@ -39,9 +39,10 @@ def _cells(row: dict) -> list[str]:
     if row["status"] == "ok" and not row.get("budget", {}).get("passed", True):
         status = "BUDGET"
     emulated = {"emulated": " (emu)", "simulated": " (C-sim)"}.get(row.get("latency_kind"), "")
+    mixed = (row.get("executed") or {}).get("precision") in ("mixed", "float")
     return [
         row["backend"],
-        row["precision"],
+        row["precision"] + (f" ({row['executed']['precision']})" if mixed else ""),
         row["device"],
         _mb(row.get("size_bytes")),
         _macs(row.get("macs")),
@@ -140,8 +141,11 @@ def markdown(report: dict) -> str:
                 f"executed in int8: {e['int8_compute_layers']}/{e['int8_compute_layers'] + e['float_compute_layers']} "
                 f"compute layers ({e['source']})"
             )
+        if e.get("float_kinds"):
+            kinds = ", ".join(f"{n} {k}" for k, n in e["float_kinds"].items())
+            bits.append(f"compute layers not in int8: {kinds}")
         if r.get("runtime_precisions"):
-            bits.append(f"layers by runtime precision: {r['runtime_precisions']}")
+            bits.append(f"layers by type and runtime precision: {r['runtime_precisions']}")
         if r.get("degraded"):
             bits.append("DEGRADED: " + "; ".join(r["degraded"]))
         if r.get("budget", {}).get("violations"):
@@ -228,7 +232,9 @@ def _layer_lines(diffs: dict) -> list[str]:
             snr = "exact" if r["snr_db"] is None else f"SNR {r['snr_db']:.1f} dB"
             return f"`{r['node']}` ({r['op']}, {snr})"
 
-        where = f"first layer whose error jumps: {layer(jump)}" if jump else "no layer loses ≥ 6 dB on its own"
+        where = "no layer loses ≥ 6 dB on its own to below 25 dB"
+        if jump:
+            where = f"first layer whose error jumps: {layer(jump)}"
         if worst and worst != jump:
             where += f"; largest jump: {layer(worst)}"
         lines.append(f"- **{name}** ({len(d['rows'])} layers, {d['compared_through']}): {where}")

@@ -385,6 +385,8 @@ CASES = [
     Case("prune-ignore-bad-regex", lambda c: c.cnn("--prune", "structured:0.3", "--prune-ignore", "(["), "regular"),
     Case("prune-onnx", lambda c: c.convert(c.onnx, "--prune", "structured:0.3"), "needs a PyTorch"),
     Case("calib-method-unknown", lambda c: c.convert(c.onnx, "--calib-method", "vibes"), "calibration method"),
+    Case("quantizer-unknown", lambda c: c.convert(c.onnx, "--quantizer", "tensorrt"), "unknown quantizer"),
+    Case("bias-correction-unknown", lambda c: c.convert(c.onnx, "--bias-correction", "half"), "bias correction"),
     Case("backend-option-garbage", lambda c: c.convert(c.onnx, "--backend-option", "x"), "BACKEND.KEY=VALUE"),
     Case("hls-config-missing", lambda c: c.convert(c.onnx, "--hls-config", c.p("no.json")), "does not exist"),
     Case("hls-config-not-json", lambda c: c.convert(c.onnx, "--hls-config", _write(c.p("h.json"), "{")), "JSON"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -29,14 +30,18 @@ def test_demo_arm64_int8_every_backend(tmp_path):
             assert any("tvm int8 is not offered" in n for n in row["notes"])
         else:
             assert row["size_bytes"] < 0.4 * report["original"]["size_bytes"]
-        # Held-out photos include low-confidence textures (grass, gravel) where int8 flips close calls:
-        # measured top-1 agreement 74–76 %, cosine ≈ 0.975 (see the issue note). These floors catch a collapse.
+        # Held-out photos include low-confidence textures (grass, gravel) where int8 flips close calls. With
+        # NNCF's bias-corrected graph (ORT), its corrected biases (TFLite) and NNCF on the IR (OpenVINO), the
+        # host measured 89–91 % top-1 agreement and cosine 0.97–0.99 (before: 64–76 %, 0.93–0.977).
         if backend == "openvino":
-            # On Arm CPUs OpenVINO runs int8 models partly in fp16/fp32 (measured: cosine 0.933, 66.7 %);
-            # the report must show what ran instead of claiming int8.
-            assert row["accuracy"]["cosine"] >= 0.9 and row["accuracy"]["top1_agreement"] >= 0.55
-            assert {"f16", "f32"} & set(row["runtime_precisions"])
+            # On Arm CPUs OpenVINO runs part of an int8 model in fp16/fp32: the row says which layers.
+            assert row["accuracy"]["cosine"] >= 0.9 and row["accuracy"]["top1_agreement"] >= 0.6
+            executed = row["executed"]
+            assert executed["precision"] in ("int8", "mixed", "float")
+            if executed["precision"] != "int8":
+                assert executed["float_kinds"] and any("compute layers" in n for n in row["notes"]), row["notes"]
         else:
-            assert row["accuracy"]["cosine"] >= 0.95 and row["accuracy"]["top1_agreement"] >= 0.65
+            assert row["accuracy"]["cosine"] >= 0.98 and row["accuracy"]["top1_agreement"] >= 0.85, row["accuracy"]
+            assert "bias correction" in row["quantization"]
     assert any(a.endswith(".aarch64-linux-gnu.so") for a in rows["tvm"]["artifacts"])
-    assert "| openvino | int8 |" in (out / "report.md").read_text()
+    assert re.search(r"\| openvino \| int8( \((mixed|float)\))? \|", (out / "report.md").read_text())

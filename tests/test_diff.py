@@ -30,10 +30,14 @@ def _damage(build, layer_weight: str, factor: float) -> None:
     """Scale one conv's int8 weight scale: that layer alone computes wrong values."""
     path = next(build.glob("*.onnx"))
     model = onnx.load(str(path))
+    inits = {i.name: i for i in model.graph.initializer}
+    # the int8 weight's DequantizeLinear (NNCF names the stored weight after the float one)
     node = next(
-        n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == f"{layer_weight}_quantized"
+        n
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits and layer_weight in n.input[0]
     )
-    init = next(i for i in model.graph.initializer if i.name == node.input[1])
+    init = inits[node.input[1]]
     init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(factor), init.name))
     onnx.save(model, str(path))
 
@@ -54,7 +58,8 @@ def test_diff_points_at_damaged_layer(converted, digits, tmp_path):
     x, _ = digits
     feed = {"x": x[N_TRAIN : N_TRAIN + 1]}
     clean = layer_diff(converted / "onnx" / "model.onnx", converted / "onnxruntime_int8", feed)
-    assert clean["matched_layers"] >= 8 and clean["first_jump"] is None  # healthy int8: no layer loses ≥ 6 dB
+    # healthy int8: no layer drops ≥ 6 dB to below 25 dB
+    assert clean["matched_layers"] >= 8 and clean["first_jump"] is None
     assert min(r["cosine"] for r in clean["rows"]) > 0.99
 
     damaged = tmp_path / "onnxruntime_int8"

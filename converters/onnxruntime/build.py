@@ -1,4 +1,4 @@
-"""ONNX Runtime builds: fp32/fp16 ONNX, or the static int8 QDQ graph (ORT quantization)."""
+"""ONNX Runtime builds: fp32/fp16 ONNX, or edgekit's shared int8 graph (NNCF QDQ or dynamic)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from edgekit.converters.base import (
     write_manifest,
 )
 
-from edgekit.onnx_hub import quantize_qdq, x86_without_vnni
+from edgekit.int8 import quantize_biases, quantizer, to_u8u8
+from edgekit.onnx_hub import x86_without_vnni
 
 
 class OnnxRuntimeConverter(Converter):
@@ -29,16 +30,18 @@ class OnnxRuntimeConverter(Converter):
         notes = []
         if ctx.precision == "int8":
             shutil.copyfile(ctx.onnx_qdq, dst)
+            if ctx.int8_mode == "static":
+                onnx.save(quantize_biases(onnx.load(str(dst))), str(dst))  # int32 biases: ORT's QGemm needs them
             if ctx.int8_mode == "static" and ctx.target.arch == "x86_64" and x86_without_vnni():
-                _requantize_u8u8(ctx, dst)
+                onnx.save(to_u8u8(onnx.load(str(dst))), str(dst))
                 notes.append(
-                    "x86 without VNNI: uint8 activations and weights (U8U8), because ORT's signed-weight AVX2 "
-                    "kernels saturate 16-bit sums here; U8U8 has no fast AVX2 kernel (slower than S8S8 on Arm/VNNI)"
+                    "x86 without VNNI: the int8 graph stored as uint8 weights and activations (U8U8, the same "
+                    "values), because ORT's signed-weight AVX2 kernels saturate 16-bit sums here"
                 )
             if ctx.int8_mode == "dynamic":
                 quant = "dynamic int8 (int8 weights, activations quantized per inference; MatMulInteger)"
             else:
-                quant = f"static int8 QDQ, {ctx.quant.describe()} (onnxruntime.quantization)"
+                quant = f"static int8 QDQ: {quantizer(ctx.onnx_qdq)[0]}"
             if ctx.float_nodes:
                 quant += f"; {len(ctx.float_nodes)} layer(s) kept in float (accuracy fallback)"
         elif ctx.precision == "fp16":
@@ -94,15 +97,6 @@ class OnnxRuntimeConverter(Converter):
         except EdgekitError as exc:
             raise Refused(exc.problem) from exc
         return {}
-
-
-def _requantize_u8u8(ctx: BuildContext, dst: Path) -> None:
-    """The same calibration, re-run with U8U8 types; the accuracy-fallback layers are put back in float."""
-    from edgekit.fallback import float_nodes
-
-    quantize_qdq(ctx.onnx_fp32, dst, ctx.calib, ctx.work_dir, ctx.quant, u8u8=True)
-    if ctx.float_nodes:
-        onnx.save(float_nodes(onnx.load(str(dst)), set(ctx.float_nodes)), str(dst))
 
 
 def to_ort_format(onnx_path: Path, work: Path, arch: str) -> dict[str, str]:

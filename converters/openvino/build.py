@@ -5,43 +5,18 @@ from __future__ import annotations
 import collections
 import logging
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from edgekit.converters.base import BuildContext, BuildResult, Converter, Refused, io_by_name, write_manifest
 
 from edgekit.errors import one_line
+from edgekit.int8 import nncf_advanced, nncf_quantize
 from edgekit.onnx_hub import x86_without_vnni
 
-
-def _nncf_settings(quant, arch: str):
-    """NNCF's advanced parameters for a QuantConfig, and a note where NNCF has no exact equivalent."""
-    from nncf.quantization.advanced_parameters import (
-        AdvancedQuantizationParameters,
-        OverflowFix,
-        QuantizationParameters,
-    )
-    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
-
-    estimator = {
-        "minmax": RangeEstimatorParametersSet.MINMAX,
-        "percentile": RangeEstimatorParametersSet.MEAN_QUANTILE,
-        "entropy": RangeEstimatorParametersSet.HISTOGRAM,
-    }[quant.method]
-    note = {
-        "percentile": "percentile calibration: NNCF's mean of per-sample quantiles",
-        "entropy": "entropy calibration: NNCF has no KL-divergence estimator; its histogram (MSE) estimator is used",
-    }.get(quant.method)
-    # x86 without VNNI multiplies u8×s8 with 16-bit saturating sums: 7-bit weights in every layer avoid it there.
-    overflow = OverflowFix.ENABLE if arch == "x86_64" and x86_without_vnni() else OverflowFix.FIRST_LAYER
-    advanced = AdvancedQuantizationParameters(
-        overflow_fix=overflow,
-        activations_range_estimator_params=estimator,
-        weights_quantization_params=QuantizationParameters(per_channel=quant.per_channel),
-    )
-    if overflow == OverflowFix.ENABLE:
-        note = "; ".join(filter(None, [note, "x86 without VNNI: 7-bit weights in every layer (NNCF overflow fix)"]))
-    return advanced, note
+# The CPU plugin's compute layer types (its runtime model names them so; depthwise is a Convolution too).
+COMPUTE_LAYERS = {"Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul", "Gemm"}
 
 
 class OpenVinoConverter(Converter):
@@ -57,27 +32,28 @@ class OpenVinoConverter(Converter):
             model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
             quant = "int8 weights (NNCF weight compression); the CPU plugin quantizes activations per inference"
         elif ctx.precision == "int8":
-            logging.getLogger("nncf").setLevel(logging.ERROR)
             feeds = [ctx.calib.sample(i) for i in range(len(ctx.calib))]
             # OpenVINO keeps ONNX node names; a Conv's weights op is named "<node>/WithoutBiases".
             ignored = nncf.IgnoredScope(patterns=[f"{re.escape(n)}(/.*)?" for n in ctx.float_nodes], validate=False)
-            advanced, note = _nncf_settings(ctx.quant, ctx.target.arch)
-            model = nncf.quantize(
-                model,
-                nncf.Dataset(feeds),
-                preset=nncf.QuantizationPreset.PERFORMANCE
-                if ctx.quant.symmetric_activations
-                else nncf.QuantizationPreset.MIXED,
-                subset_size=len(feeds),
-                ignored_scope=ignored,
-                advanced_parameters=advanced,
-            )
+            # x86 without VNNI multiplies u8×s8 with 16-bit saturating sums: 7-bit weights in every layer avoid it.
+            overflow = ctx.target.arch == "x86_64" and x86_without_vnni()
+            settings = replace(ctx.quant, quantizer="nncf")
+            advanced, note = nncf_advanced(settings, overflow_everywhere=overflow)
+            model = nncf_quantize(model, feeds, settings, advanced, ignored)
             if ctx.float_nodes:
                 notes.append(f"accuracy fallback: {len(ctx.float_nodes)} layer(s) kept in float (NNCF ignored scope)")
+            if overflow:
+                notes.append("x86 without VNNI: 7-bit weights in every layer (NNCF overflow fix)")
             if note:
                 notes.append(note)
-            quant = f"static int8 (NNCF PTQ, {ctx.quant.describe()}, {len(feeds)} samples, fast bias correction)"
-            notes.append("on ARM CPUs OpenVINO executes int8 models in fp16; check runtime_precisions")
+            if ctx.quant.quantizer != "nncf":
+                notes.append(f"asked for --quantizer {ctx.quant.quantizer}: OpenVINO is quantized by NNCF")
+            quant = f"static int8 (NNCF PTQ on the OpenVINO IR, {settings.describe()}, {len(feeds)} samples)"
+            if ctx.target.arch in ("aarch64", "armv7l"):
+                notes.append(
+                    "OpenVINO's CPU plugin documents its quantized (u8/i8) primitives for x86-64 only: on Arm it "
+                    "runs int8 where its Arm executors have int8 kernels and the rest in fp16/fp32 (see executed)"
+                )
         elif ctx.precision == "fp16":
             quant = "fp16 weights (decompressed to fp32 at load on CPUs without fp16 arithmetic)"
         xml = ctx.out_dir / f"model_{ctx.precision}.xml"
@@ -100,8 +76,12 @@ class OpenVinoConverter(Converter):
         precisions = measured.get("runtime_precisions")
         if not precisions:
             return super().executed(build_dir, manifest, measured, work)
-        int8 = sum(n for p, n in precisions.items() if p in ("i8", "u8"))
-        return summary(int8, sum(precisions.values()) - int8, "OpenVINO runtime precision per executed layer")
+        int8, floating = 0, {}
+        for kind, counts in precisions.items():
+            if kind in COMPUTE_LAYERS:
+                int8 += sum(n for p, n in counts.items() if p in ("i8", "u8"))
+                floating.update({f"{kind} {p}": n for p, n in counts.items() if p not in ("i8", "u8")})
+        return summary(int8, sum(floating.values()), "OpenVINO runtime precision per executed layer", floating)
 
     def layer_tensors(self, build_dir: Path, manifest: dict, feed: dict, wanted: set[str]) -> tuple[dict, str]:
         """Intermediate tensors read from the OpenVINO runtime (IRs keep ONNX tensor names)."""

@@ -19,14 +19,16 @@ def _compile(build_dir: Path, manifest: dict, threads: int, **config):
 
 
 def _precisions(compiled) -> dict:
-    """How many executed layers ran in each precision (OpenVINO runtime info)."""
+    """Executed layers by layer type and runtime precision (OpenVINO runtime info): {"Convolution": {"u8": 49}}."""
     counts: dict = {}
     for op in compiled.get_runtime_model().get_ordered_ops():
         info = op.get_rt_info()
-        if info["layerType"].astype(str) in ("Input", "Parameter", "Const", "Output", "Result"):
+        kind = info["layerType"].astype(str)
+        if kind in ("Input", "Parameter", "Const", "Output", "Result"):
             continue
         prec = info["runtimePrecision"].astype(str)
-        counts[prec] = counts.get(prec, 0) + 1
+        counts.setdefault(kind, {})
+        counts[kind][prec] = counts[kind].get(prec, 0) + 1
     return counts
 
 

@@ -11,6 +11,7 @@ SPEC = BackendSpec(
     runtime_package="ai-edge-litert==2.3.0",
     libraries=("onnx2tf", "tensorflow", "tf2onnx", "ai-edge-litert"),
     tf_native=True,
+    int8_biases=True,
     profiler="the LiteRT Python interpreter has no op profiler: use benchmark_model --enable_op_profiling=true",
     layer_diff="for TFLite run onnx2tf with -cotof (its per-op ONNX-vs-TF check)",
     color="#1f77b4",

@@ -49,6 +49,7 @@ class TfliteConverter(Converter):
         variant, quant, notes = ctx.precision, "", []
         perms = {s.name: channels_last_perm(s.shape) for s in ctx.inputs}
         if ctx.precision == "int8" and has_float_inputs(ctx.inputs) and ctx.int8_mode == "static":
+            corrected = _corrected_biases(ctx, graph)
             weights = "per-channel" if ctx.quant.per_channel else "per-tensor"
             cmd += ["-oiqt", "-qt", weights]
             for pos, spec in enumerate(ctx.inputs):
@@ -62,7 +63,7 @@ class TfliteConverter(Converter):
                 notes.append("accuracy fallback not applied: onnx2tf has no per-layer deny list (all layers int8)")
             quant = (
                 f"full-integer int8 (int8 inputs/outputs), {weights} weights, min/max calibration on "
-                f"{len(ctx.calib)} samples, asymmetric activations (onnx2tf/TFLiteConverter)"
+                f"{len(ctx.calib)} samples, asymmetric activations (onnx2tf/TFLiteConverter){corrected}"
             )
             if ctx.quant.method != "minmax" or ctx.quant.symmetric_activations:
                 notes.append(
@@ -203,6 +204,19 @@ class TfliteConverter(Converter):
 
         known = {p.stem for p in (Path(onnx2tf.__file__).parent / "ops").glob("*.py")}
         return {op: n for op, n in ops.items() if op not in known}
+
+
+def _corrected_biases(ctx: BuildContext, graph: Path) -> str:
+    """Give onnx2tf's copy of the graph the biases NNCF corrected in the shared int8 graph; said for the row."""
+    from edgekit.int8 import quantizer, with_corrected_biases
+
+    if ctx.onnx_qdq is None:
+        return "; no bias correction (the shared int8 graph was not made)"
+    how, biases = quantizer(ctx.onnx_qdq)
+    if not biases:
+        return f"; no bias correction (the shared int8 graph: {how})"
+    count = with_corrected_biases(ctx.onnx_fp32, ctx.onnx_qdq, graph)
+    return f"; {count} biases corrected by NNCF ({biases} bias correction of the shared int8 graph)"
 
 
 def _onnx2tf_error(log: str) -> str:

@@ -1,0 +1,228 @@
+"""The shared static int8 graph: NNCF post-training quantization of the ONNX graph with bias correction.
+
+NNCF writes a standard QDQ graph (int8 weights, calibrated activation ranges, float biases corrected for the
+shift that quantization causes in each layer's output). ONNX Runtime builds from it, TFLite takes its
+corrected biases (onnx2tf calibrates the ranges itself), OpenVINO runs NNCF on its own IR with the same
+settings. ``--quantizer ort`` uses ONNX Runtime's ``quantize_static`` instead (no bias correction).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.data import Dataset
+from edgekit.errors import one_line
+from edgekit.onnx_hub import QuantConfig, quantize_qdq
+
+QUANTIZER_KEY = "edgekit.quantizer"  # metadata of the shared graph: how it was quantized, in words
+BIASES_KEY = "edgekit.bias_correction"  # metadata: "full"/"fast" when its float biases are corrected
+
+
+def nncf_advanced(quant: QuantConfig, overflow_everywhere: bool = False):
+    """NNCF's advanced parameters for a QuantConfig, and a note where NNCF has no exact equivalent.
+
+    Activations are quantized per tensor: NNCF would quantize the inputs of depthwise convolutions per
+    channel, which no CPU runtime's integer kernels take (ONNX Runtime then runs them in float, 3× slower).
+    """
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        OverflowFix,
+        QuantizationParameters,
+    )
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    estimator = {
+        "minmax": None,  # NNCF's default: the mean over samples of each sample's min and max
+        "percentile": RangeEstimatorParametersSet.MEAN_QUANTILE,
+        "entropy": RangeEstimatorParametersSet.HISTOGRAM,
+    }[quant.method]
+    note = {
+        "minmax": "minmax calibration: NNCF's mean of per-sample minima and maxima",
+        "percentile": "percentile calibration: NNCF's mean of per-sample quantiles",
+        "entropy": "entropy calibration: NNCF has no KL-divergence estimator; its histogram (MSE) estimator is used",
+    }.get(quant.method)
+    advanced = AdvancedQuantizationParameters(
+        overflow_fix=OverflowFix.ENABLE if overflow_everywhere else OverflowFix.FIRST_LAYER,
+        activations_range_estimator_params=estimator,
+        activations_quantization_params=QuantizationParameters(per_channel=False),
+        weights_quantization_params=QuantizationParameters(per_channel=quant.per_channel),
+        disable_bias_correction=quant.bias_correction == "none",
+    )
+    return advanced, note
+
+
+def nncf_quantize(model, feeds: list[dict], quant: QuantConfig, advanced, ignored=None):
+    """``nncf.quantize`` with edgekit's settings, its progress bars and log kept off the terminal."""
+    import nncf
+
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    preset = nncf.QuantizationPreset.PERFORMANCE if quant.symmetric_activations else nncf.QuantizationPreset.MIXED
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return nncf.quantize(
+            model,
+            nncf.Dataset(feeds),
+            preset=preset,
+            subset_size=len(feeds),
+            fast_bias_correction=quant.bias_correction != "full",
+            ignored_scope=ignored,
+            advanced_parameters=advanced,
+        )
+
+
+def quantize_static(
+    fp32: Path, out: Path, calib: Dataset, workdir: Path, quant: QuantConfig, advance: Callable[[int], None]
+) -> Path:
+    """The shared static int8 QDQ graph at ``out``, with how it was made in its metadata (``QUANTIZER_KEY``)."""
+    import onnx
+
+    said, biases = f"ONNX Runtime quantize_static, {replace(quant, quantizer='ort').describe()}", ""
+    if quant.quantizer == "nncf":
+        try:
+            model = _quantize_nncf(fp32, calib, quant)
+        except Exception as exc:  # NNCF's graph matching fails on some graphs: ORT's quantizer still can
+            said = f"NNCF failed ({one_line(exc, 160)}); {said} instead"
+        else:
+            advance(len(calib))
+            said, biases = f"NNCF post-training quantization, {quant.describe()}", quant.bias_correction
+            onnx.save(model, str(out))
+    if not biases:
+        quantize_qdq(fp32, out, calib, workdir, quant, advance=advance)
+    model = onnx.load(str(out))
+    onnx.helper.set_model_props(model, {QUANTIZER_KEY: said, **({BIASES_KEY: biases} if biases != "none" else {})})
+    onnx.save(model, str(out))
+    return out
+
+
+def _quantize_nncf(fp32: Path, calib: Dataset, quant: QuantConfig):
+    import onnx
+
+    advanced, _ = nncf_advanced(quant)
+    feeds = [calib.sample(i) for i in range(len(calib))]
+    return nncf_quantize(onnx.load(str(fp32)), feeds, quant, advanced)
+
+
+def quantizer(graph: Path) -> tuple[str, str]:
+    """How the shared graph was quantized, in words, and its bias correction ("" when none)."""
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(graph), load_external_data=False).metadata_props}
+    return props.get(QUANTIZER_KEY, "ONNX Runtime quantization"), props.get(BIASES_KEY, "")
+
+
+def to_u8u8(model):
+    """The same QDQ graph with uint8 instead of int8 (values + 128, zero points + 128): exactly the same numbers.
+
+    ONNX Runtime's x86 kernels without VNNI saturate 16-bit sums when weights are signed; with uint8 weights
+    and activations (U8U8) they do not.
+    """
+    from onnx import TensorProto, numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    shifted: set[str] = set()
+
+    def shift(name: str) -> None:
+        if name not in shifted:
+            tensor = inits[name]
+            value = numpy_helper.to_array(tensor).astype(np.int16) + 128
+            tensor.CopyFrom(numpy_helper.from_array(value.astype(np.uint8), name))
+            shifted.add(name)
+
+    retyped = set()
+    for node in graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3:
+            continue
+        zero = inits.get(node.input[2])
+        if zero is None or (zero.data_type != TensorProto.INT8 and node.input[2] not in shifted):
+            continue
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
+            shift(node.input[0])  # a quantized weight
+        shift(node.input[2])
+        if node.op_type == "QuantizeLinear":
+            retyped.add(node.output[0])
+    keep = [v for v in graph.value_info if v.name not in retyped | shifted]  # their recorded type was int8
+    del graph.value_info[:]
+    graph.value_info.extend(keep)
+    return model
+
+
+def quantize_biases(model):
+    """Store the float biases of Conv/Gemm nodes fed by dequantized inputs and weights as int32 (scale: input
+    scale × weight scale, the int32 accumulator's own), behind a DequantizeLinear.
+
+    NNCF leaves biases in float; ONNX Runtime fuses a Gemm into its integer kernel (QGemm) only with an int32
+    bias. The values change by at most half an accumulator step.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    added = []
+    for node in graph.node:
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or node.input[2] not in inits:
+            continue
+        x, w = producers.get(node.input[0]), producers.get(node.input[1])
+        if x is None or w is None or {x.op_type, w.op_type} != {"DequantizeLinear"}:
+            continue
+        if x.input[1] not in inits or w.input[1] not in inits:
+            continue
+        x_scale = numpy_helper.to_array(inits[x.input[1]]).astype(np.float64)
+        w_scale = numpy_helper.to_array(inits[w.input[1]]).astype(np.float64).reshape(-1)
+        bias = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64)
+        if x_scale.size != 1 or w_scale.size not in (1, bias.size):
+            continue
+        scale = np.broadcast_to(x_scale.reshape(()) * w_scale, bias.shape)
+        value = np.clip(np.round(bias / scale), -(2**31), 2**31 - 1).astype(np.int32)
+        name = node.input[2]
+        parts = (f"{name}_int32", f"{name}_int32_scale", f"{name}_int32_zero_point")
+        if parts[0] in inits:  # a bias shared with a node already rewritten: leave this one in float
+            continue
+        inits[parts[0]] = node
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(value, parts[0]),
+                numpy_helper.from_array(scale.astype(np.float32), parts[1]),
+                numpy_helper.from_array(np.zeros(value.shape, np.int32), parts[2]),
+            ]
+        )
+        added.append((node, helper.make_node("DequantizeLinear", list(parts), [f"{name}_dq"], f"{name}_dq", axis=0)))
+        node.input[2] = f"{name}_dq"
+    for node, dq in added:
+        graph.node.insert(list(graph.node).index(node), dq)
+    used = {name for node in graph.node for name in node.input}
+    unused = [t for t in graph.initializer if t.name not in used]
+    for tensor in unused:
+        graph.initializer.remove(tensor)
+    return model
+
+
+def with_corrected_biases(fp32: Path, qdq: Path, out: Path) -> int:
+    """Write ``fp32`` with the float biases NNCF corrected in ``qdq`` (matched by node name); how many."""
+    import onnx
+    from onnx import numpy_helper
+
+    model, corrected = onnx.load(str(fp32)), onnx.load(str(qdq))
+    source = {t.name: t for t in corrected.graph.initializer}
+    nodes = {n.name: n for n in corrected.graph.node}
+    inits = {t.name: t for t in model.graph.initializer}
+    count = 0
+    for node in model.graph.node:
+        twin = nodes.get(node.name)
+        if node.op_type not in ("Conv", "Gemm", "ConvTranspose") or len(node.input) < 3 or twin is None:
+            continue
+        if len(twin.input) < 3 or twin.input[2] not in source or node.input[2] not in inits:
+            continue
+        old, new = numpy_helper.to_array(inits[node.input[2]]), numpy_helper.to_array(source[twin.input[2]])
+        if old.shape == new.shape and new.dtype.kind == "f" and not np.array_equal(old, new):
+            inits[node.input[2]].CopyFrom(numpy_helper.from_array(new.astype(old.dtype), node.input[2]))
+            count += 1
+    onnx.save(model, str(out))
+    return count

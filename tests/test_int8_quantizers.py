@@ -1,0 +1,129 @@
+"""The shared static int8 graph: NNCF with bias correction, the exact U8U8 rewrite, TFLite's corrected biases."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, numpy_helper
+
+from edgekit import int8
+from edgekit.data import Dataset, TensorSpec
+from edgekit.errors import EdgekitError
+from edgekit.onnx_hub import QuantConfig, export_onnx
+from edgekit.source import SourceModel
+from tests.conftest import N_TRAIN
+
+
+def _exact(path, x: np.ndarray) -> np.ndarray:
+    """The graph's outputs with every ORT optimization off: QDQ arithmetic as written, no host int8 kernel."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run(None, {"input": x[i : i + 1]})[0] for i in range(len(x))])
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory, cnn_case, digits):
+    """The trained digits CNN in ONNX, and its int8 graphs from NNCF (full bias correction) and from ORT."""
+    x, _ = digits
+    root = tmp_path_factory.mktemp("int8")
+    source = SourceModel("pytorch", "digits CNN", 0, module=cnn_case["model"].eval(), input_names=["input"])
+    fp32 = export_onnx(source, [TensorSpec("input", (1, 1, 8, 8), "float32")], root / "fp32.onnx")
+    calib = Dataset({"input": x[:128]}, None, "digits")
+    made = {"fp32": fp32}
+    for name, quant in (("nncf", QuantConfig()), ("ort", QuantConfig(quantizer="ort"))):
+        made[name] = int8.quantize_static(fp32, root / f"{name}.onnx", calib, root, quant, lambda n: None)
+    return made
+
+
+def test_nncf_graph_says_how_it_was_made_and_keeps_digits_accuracy(graphs, digits):
+    x, y = digits
+    held_out, labels = x[N_TRAIN:], y[N_TRAIN:]
+    how, biases = int8.quantizer(graphs["nncf"])
+    assert how.startswith("NNCF post-training quantization") and "full bias correction" in how and biases == "full"
+    assert int8.quantizer(graphs["ort"]) == (
+        "ONNX Runtime quantize_static, minmax calibration, per-channel weights, asymmetric activations",
+        "",
+    )
+    fp32 = (_exact(graphs["fp32"], held_out).argmax(1) == labels).mean()
+    nncf = (_exact(graphs["nncf"], held_out).argmax(1) == labels).mean()
+    assert nncf >= fp32 - 0.005, (fp32, nncf)  # the issue's bar: ≤ 0.5 pt of labelled accuracy lost
+    # int8 weights are stored as int8 initializers (a quarter of the float size), activations per tensor.
+    model = onnx.load(str(graphs["nncf"]))
+    inits = {t.name: t for t in model.graph.initializer}
+    weights = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert weights and all(inits[n.input[0]].data_type == TensorProto.INT8 for n in weights)
+    for q in (n for n in model.graph.node if n.op_type == "QuantizeLinear"):
+        assert numpy_helper.to_array(inits[q.input[1]]).size == 1, q.name
+
+
+def test_u8u8_rewrite_gives_exactly_the_same_numbers(graphs, digits, tmp_path):
+    x = digits[0][N_TRAIN : N_TRAIN + 64]
+    for name in ("nncf", "ort"):
+        model = int8.to_u8u8(onnx.load(str(graphs[name])))
+        inits = {t.name: t for t in model.graph.initializer}
+        qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+        types = {inits[n.input[2]].data_type for n in qdq}
+        assert TensorProto.UINT8 in types and TensorProto.INT8 not in types  # (ORT's biases stay int32)
+        onnx.shape_inference.infer_shapes(model, strict_mode=True)  # no int8 left in its recorded types
+        onnx.save(model, str(tmp_path / f"{name}_u8.onnx"))
+        np.testing.assert_array_equal(_exact(tmp_path / f"{name}_u8.onnx", x), _exact(graphs[name], x))
+
+
+def test_int32_biases_let_onnx_runtime_fuse_every_layer_into_integer_kernels(graphs, digits, tmp_path):
+    x = digits[0][N_TRAIN : N_TRAIN + 64]
+    before = onnx.load(str(graphs["nncf"]))
+    onnx.save(int8.quantize_biases(before), str(tmp_path / "biased.onnx"))
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(tmp_path / "biased.onnx"), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert ops.count("QLinearConv") == 3 and ops.count("QGemm") == 1 and "Gemm" not in ops and "Conv" not in ops
+    reference, rewritten = _exact(graphs["nncf"], x), _exact(tmp_path / "biased.onnx", x)
+    # Bias rounding (≤ half an accumulator step) can flip an 8-bit activation by one step further on.
+    assert np.abs(rewritten - reference).max() <= 0.02 * np.abs(reference).max()
+    assert (rewritten.argmax(1) == reference.argmax(1)).mean() >= 0.98
+
+
+def test_corrected_biases_are_carried_into_the_float_graph(graphs, digits, tmp_path):
+    out = tmp_path / "biased.onnx"
+    count = int8.with_corrected_biases(graphs["fp32"], graphs["nncf"], out)
+    fp32, corrected, qdq = (onnx.load(str(p)) for p in (graphs["fp32"], out, graphs["nncf"]))
+    convs = [n for n in fp32.graph.node if n.op_type in ("Conv", "Gemm") and len(n.input) > 2]
+    assert 0 < count <= len(convs)
+    before = {t.name: numpy_helper.to_array(t) for t in fp32.graph.initializer}
+    after = {t.name: numpy_helper.to_array(t) for t in corrected.graph.initializer}
+    source = {t.name: numpy_helper.to_array(t) for t in qdq.graph.initializer}
+    twins = {n.name: n for n in qdq.graph.node}
+    changed = [n for n in convs if not np.array_equal(before[n.input[2]], after[n.input[2]])]
+    assert len(changed) == count
+    for node in changed:
+        np.testing.assert_array_equal(after[node.input[2]], source[twins[node.name].input[2]])
+    # Only biases change: every other tensor is the original's.
+    assert all(np.array_equal(before[k], after[k]) for k in before if k not in {n.input[2] for n in changed})
+    # The ORT graph has no float biases to take: nothing changes.
+    assert int8.with_corrected_biases(graphs["fp32"], graphs["ort"], tmp_path / "same.onnx") == 0
+
+
+def test_nncf_failure_falls_back_to_ort_and_says_so(graphs, digits, tmp_path, monkeypatch):
+    def broken(*args):
+        raise RuntimeError("no pattern matches this graph")
+
+    monkeypatch.setattr(int8, "_quantize_nncf", broken)
+    calib = Dataset({"input": digits[0][:32]}, None, "digits")
+    out = int8.quantize_static(graphs["fp32"], tmp_path / "q.onnx", calib, tmp_path, QuantConfig(), lambda n: None)
+    how, biases = int8.quantizer(out)
+    assert how == (
+        "NNCF failed (RuntimeError: no pattern matches this graph); ONNX Runtime quantize_static, minmax calibration, "
+        "per-channel weights, asymmetric activations instead"
+    )
+    assert not biases
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(out)).graph.node)
+
+
+@pytest.mark.parametrize("field", ["quantizer", "bias_correction"])
+def test_unknown_settings_are_refused(field):
+    with pytest.raises(EdgekitError, match=field.replace("_", " ")):
+        QuantConfig(**{field: "vibes"})
