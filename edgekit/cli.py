@@ -536,7 +536,7 @@ def demo(
     from edgekit.demo import demo_options
 
     with _guarded():
-        opts = demo_options(target, out, precisions=_csv(precision), device=device, runs=runs, photos=eval_photos)
+        opts = demo_options(target, out, precisions=_csv(precision), device=device, runs=runs, eval_photos=eval_photos)
     _execute(opts)
 
 

@@ -18,15 +18,15 @@ def photos() -> Path:
 
 
 def demo_options(
-    target: str = "arm64", out: Path = Path("build/demo"), photos: bool = False, **overrides
+    target: str = "arm64", out: Path = Path("build/demo"), eval_photos: bool = False, **overrides
 ) -> ConvertOptions:
     """Options of ``edgekit demo``: 64 calibration and 66 held-out ten-crops of the photos, 224×224,
     EfficientNet-Lite's (x − 127) / 128 normalisation; ``overrides`` replace any other option.
 
-    ``photos``: held out are instead the centre crops of the prepared photo set (``edgekit.photos``, 240
+    ``eval_photos``: held out are instead the centre crops of the prepared photo set (``edgekit.photos``, 240
     photos); calibration stays on the bundled photos' ten-crops.
     """
-    if photos:
+    if eval_photos:
         from edgekit.photos import prepared
 
         held_out = prepared()

@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 
 from edgekit.cli import app
 from edgekit.data import IMAGE_SUFFIXES
+from edgekit.demo import demo_options
+from edgekit.demo import photos as bundled_photos
 from edgekit.photos import MIN_SIDE, photos_dir, rcc_entries
 
 
@@ -59,6 +61,16 @@ def test_prepared_photo_set_has_200_distinct_real_photos():
     assert len(digests) == len(files)  # no photo twice
     licences = (folder / "LICENSES.txt").read_text()
     assert "CC-BY" in licences and "gcompris" in licences.lower()
+
+
+def test_demo_holds_out_the_prepared_photos_and_calibrates_on_the_bundled_ones():
+    folder = photos_dir()
+    if not (folder / ".complete").is_file():
+        pytest.skip("the photo set is not prepared (`edgekit photos prepare`; CI's setup does it)")
+    opts = demo_options("host", eval_photos=True)
+    assert opts.eval == folder and opts.calib == bundled_photos() and opts.eval_size >= 200
+    assert opts.image.ten_crop and opts.eval_image is not None and not opts.eval_image.ten_crop
+    assert demo_options("host").eval is None  # the default demo keeps the bundled held-out crops
 
 
 def test_demo_without_the_prepared_set_says_how_to_make_it(tmp_path, monkeypatch):
