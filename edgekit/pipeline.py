@@ -171,11 +171,12 @@ class ConvertOptions:
                 f"--weights is only used with module:callable models; '{self.model}' carries its own weights",
                 "drop --weights, or pass the architecture as module:callable",
             )
-        for path, what in ((self.weights, "--weights"), (self.eval, "--eval"), (self.train, "--train")):
+        for path, what in ((self.weights, "--weights"), (self.train, "--train")):
             if path is not None:
                 regular_file(path, what)
-        if self.calib is not None:
-            file_or_folder(self.calib, "--calib")
+        for path, what in ((self.calib, "--calib"), (self.eval, "--eval")):  # .npz/.npy or a folder of images
+            if path is not None:
+                file_or_folder(path, what)
         t = self.baseline_tolerances
         if not (0 <= t.accuracy_points <= 100 and 0 <= t.cosine <= 2 and t.latency_ratio >= 1 and t.size_ratio >= 1):
             raise EdgekitError(f"baseline tolerances {t} are impossible", "give points ≥ 0 and ratios ≥ 1")
