@@ -116,12 +116,12 @@ def quantizer(graph: Path) -> tuple[str, str]:
     return props.get(QUANTIZER_KEY, "ONNX Runtime quantization"), props.get(BIASES_KEY, "")
 
 
-def to_u8u8(model, weights: bool = True):
+def to_u8u8(model):
     """The same QDQ graph with uint8 instead of int8 (values + 128, zero points + 128): exactly the same numbers.
 
-    Activations: NNCF writes int8 for some and uint8 for others, and ONNX Runtime fuses a layer into its integer
-    kernel only when its input and output have the same type. ``weights`` too: ONNX Runtime's x86 kernels without
-    VNNI saturate 16-bit sums when weights are signed; with uint8 weights and activations (U8U8) they do not.
+    ONNX Runtime's x86 kernels without VNNI saturate 16-bit sums when weights are signed; with uint8 weights
+    and activations (U8U8) they do not. (NNCF writes int8 for some activations and uint8 for others; ORT fuses
+    a layer into its integer kernel only when its input and output types match, so U8U8 also fuses more.)
     """
     from onnx import TensorProto, numpy_helper
 
@@ -142,8 +142,6 @@ def to_u8u8(model, weights: bool = True):
             continue
         zero = inits.get(node.input[2])
         if zero is None or (zero.data_type != TensorProto.INT8 and node.input[2] not in shifted):
-            continue
-        if not weights and node.input[0] in inits:
             continue
         if node.op_type == "DequantizeLinear" and node.input[0] in inits:
             shift(node.input[0])  # a quantized weight

@@ -62,6 +62,13 @@ class Case:
     marker: bool = False  # the case carries a code payload that would create ctx.p("pwned.txt")
 
 
+def _folder(ctx: Ctx, name: str) -> Path:
+    """An empty folder (no images) under the case's root."""
+    path = ctx.p(name)
+    path.mkdir()
+    return path
+
+
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
@@ -331,6 +338,7 @@ CASES = [
     ),
     Case("calib-missing-flag", lambda c: c.convert(c.onnx, "--no-calib"), "no calibration data"),
     Case("eval-missing", lambda c: c.convert(c.onnx, "--eval", c.p("nope.npz")), "does not exist"),
+    Case("eval-folder-without-images", lambda c: c.convert(c.onnx, "--eval", _folder(c, "shots")), "no images"),
     Case("train-without-prune", lambda c: c.cnn("--train", c.eval), "--train is only used"),
     # --- options ---
     Case("threads-0", lambda c: c.convert(c.onnx, "--threads", "0"), "--threads 0"),

@@ -30,12 +30,10 @@ class OnnxRuntimeConverter(Converter):
         notes = []
         if ctx.precision == "int8":
             shutil.copyfile(ctx.onnx_qdq, dst)
-            u8u8 = ctx.int8_mode == "static" and ctx.target.arch == "x86_64" and x86_without_vnni()
             if ctx.int8_mode == "static":
-                # int32 biases (ORT's QGemm needs them) and uint8 activations throughout (its fused kernels need
-                # one type in and out): the same numbers, every layer on an integer kernel.
-                onnx.save(to_u8u8(quantize_biases(onnx.load(str(dst))), weights=u8u8), str(dst))
-            if u8u8:
+                onnx.save(quantize_biases(onnx.load(str(dst))), str(dst))  # int32 biases: ORT's QGemm needs them
+            if ctx.int8_mode == "static" and ctx.target.arch == "x86_64" and x86_without_vnni():
+                onnx.save(to_u8u8(onnx.load(str(dst))), str(dst))
                 notes.append(
                     "x86 without VNNI: the int8 graph stored as uint8 weights and activations (U8U8, the same "
                     "values), because ORT's signed-weight AVX2 kernels saturate 16-bit sums here"
