@@ -429,7 +429,7 @@ def convert_cmd(
     ] = 0,
     tune_minutes: Annotated[
         float | None,
-        typer.Option(rich_help_panel="Backend options", help="TVM: minutes added to the build limit (default 20)"),
+        typer.Option(rich_help_panel="Backend options", help="TVM: the search's time budget in minutes (default 20)"),
     ] = None,
     tuning_records: Annotated[
         Path | None,

@@ -530,4 +530,3 @@ class Farm:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-

@@ -123,32 +123,55 @@ def to_u8u8(model):
     and activations (U8U8) they do not. (NNCF writes int8 for some activations and uint8 for others; ORT fuses
     a layer into its integer kernel only when its input and output types match, so U8U8 also fuses more.)
     """
+    from onnx import TensorProto
+
+    return _retype(model, TensorProto.INT8, weights=True)
+
+
+def to_s8s8(model):
+    """The same QDQ graph with int8 activations everywhere (uint8 values and zero points - 128; weights stay int8).
+
+    NNCF writes uint8 for most activations and int8 for signed ones; ONNX Runtime fuses a layer into its
+    integer kernel only when its input and output types match, and on Arm its int8 kernels (S8S8, sdot) take
+    signed activations. Exactly the same numbers.
+    """
+    from onnx import TensorProto
+
+    return _retype(model, TensorProto.UINT8, weights=False)
+
+
+def _retype(model, source: int, weights: bool):
+    """Flip the 8-bit type of quantized tensors of type ``source`` (int8 <-> uint8, values shifted by 128);
+    weights (dequantized initializers) only when ``weights``."""
     from onnx import TensorProto, numpy_helper
 
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
+    step, target = (128, np.uint8) if source == TensorProto.INT8 else (-128, np.int8)
     shifted: set[str] = set()
 
     def shift(name: str) -> None:
         if name not in shifted:
             tensor = inits[name]
-            value = numpy_helper.to_array(tensor).astype(np.int16) + 128
-            tensor.CopyFrom(numpy_helper.from_array(value.astype(np.uint8), name))
+            value = numpy_helper.to_array(tensor).astype(np.int16) + step
+            tensor.CopyFrom(numpy_helper.from_array(value.astype(target), name))
             shifted.add(name)
 
+    qdq = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) >= 3]
+    weight_zeros = {n.input[2] for n in qdq if n.op_type == "DequantizeLinear" and n.input[0] in inits}
     retyped = set()
-    for node in graph.node:
-        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3:
-            continue
+    for node in qdq:
         zero = inits.get(node.input[2])
-        if zero is None or (zero.data_type != TensorProto.INT8 and node.input[2] not in shifted):
+        if zero is None or (zero.data_type != source and node.input[2] not in shifted):
             continue
+        if not weights and node.input[2] in weight_zeros:
+            continue  # a weight's zero point (or one shared with a weight) keeps its type
         if node.op_type == "DequantizeLinear" and node.input[0] in inits:
             shift(node.input[0])  # a quantized weight
         shift(node.input[2])
         if node.op_type == "QuantizeLinear":
             retyped.add(node.output[0])
-    keep = [v for v in graph.value_info if v.name not in retyped | shifted]  # their recorded type was int8
+    keep = [v for v in graph.value_info if v.name not in retyped | shifted]  # their recorded type is the old one
     del graph.value_info[:]
     graph.value_info.extend(keep)
     return model
@@ -164,6 +187,7 @@ def quantize_biases(model):
     from onnx import helper, numpy_helper
 
     graph = model.graph
+    _sink_dequantize(graph)
     inits = {t.name: t for t in graph.initializer}
     producers = {out: node for node in graph.node for out in node.output}
     added = []
@@ -203,6 +227,44 @@ def quantize_biases(model):
     for tensor in unused:
         graph.initializer.remove(tensor)
     return model
+
+
+SHAPE_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+
+
+def _sink_dequantize(graph) -> None:
+    """Move a per-tensor DequantizeLinear below a shape-only op (Reshape, Flatten, …) that feeds a Conv or Gemm,
+    so the layer sees a dequantized input and can fuse (NNCF quantizes a classifier's input before its Flatten).
+    Exactly the same numbers: reshaping commutes with per-tensor dequantization."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    for node in list(graph.node):
+        if node.op_type not in ("Conv", "Gemm"):
+            continue
+        shape = producers.get(node.input[0])
+        if shape is None or shape.op_type not in SHAPE_OPS or consumers.get(shape.output[0]) != 1:
+            continue
+        dq = producers.get(shape.input[0])
+        if dq is None or dq.op_type != "DequantizeLinear" or consumers.get(dq.output[0]) != 1:
+            continue
+        if dq.input[1] not in inits or numpy_helper.to_array(inits[dq.input[1]]).size != 1:
+            continue
+        # DQ(q) -> Reshape -> layer   becomes   q -> Reshape -> DQ -> layer (the tensors keep their names)
+        quantized, dequantized, reshaped = dq.input[0], dq.output[0], shape.output[0]
+        shape.input[0], shape.output[0] = quantized, dequantized
+        dq.input[0], dq.output[0] = dequantized, reshaped
+        nodes = list(graph.node)
+        graph.node.remove(dq)
+        graph.node.insert(nodes.index(shape), dq)
+    kept = [v for v in graph.value_info if v.name not in {n.output[0] for n in graph.node if n.op_type in SHAPE_OPS}]
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
 
 
 def with_corrected_biases(fp32: Path, qdq: Path, out: Path) -> int:

@@ -107,7 +107,7 @@ class ConvertOptions:
     layer_diff: bool = False  # per-layer error of every lossy build (edgekit.diff), in the report and its plots
     task_output: str | None = None  # the output carrying classes (name or index); default: output 0 if (N, C)
     tune_trials: int = 0  # TVM: MetaSchedule trials per workload that has no tuning record (0: untuned)
-    tune_minutes: float | None = None  # TVM: minutes added to the build's time limit for the search
+    tune_minutes: float | None = None  # TVM: the search's time budget (also added to the build's time limit)
     tuning_records: Path | None = None  # TVM: the records folder (default: under $EDGEKIT_CACHE), shareable
 
     def input_paths(self) -> list[Path]:

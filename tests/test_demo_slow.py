@@ -43,5 +43,8 @@ def test_demo_arm64_int8_every_backend(tmp_path):
         elif backend != "tvm":
             assert row["accuracy"]["cosine"] >= 0.98 and row["accuracy"]["top1_agreement"] >= 0.85, row["accuracy"]
             assert "bias correction" in row["quantization"]
+        if backend == "onnxruntime":
+            # int8 activations everywhere (S8S8): every conv and the classifier run on ORT's Arm int8 kernels.
+            assert row["executed"]["precision"] == "int8" and "kernels run on the device" in row["executed"]["source"]
     assert any(a.endswith(".aarch64-linux-gnu.so") for a in rows["tvm"]["artifacts"])
     assert re.search(r"\| openvino \| int8( \((mixed|float)\))? \|", (out / "report.md").read_text())

@@ -1,4 +1,4 @@
-"""The shared static int8 graph: NNCF with bias correction, the exact U8U8 rewrite, TFLite's corrected biases."""
+"""The shared static int8 graph: NNCF with bias correction, exact U8U8 and S8S8 rewrites, corrected biases."""
 
 from __future__ import annotations
 
@@ -72,6 +72,24 @@ def test_u8u8_rewrite_gives_exactly_the_same_numbers(graphs, digits, tmp_path):
         np.testing.assert_array_equal(_exact(tmp_path / f"{name}_u8.onnx", x), _exact(graphs[name], x))
 
 
+def test_s8s8_rewrite_gives_exactly_the_same_numbers_with_signed_activations(graphs, digits, tmp_path):
+    x = digits[0][N_TRAIN : N_TRAIN + 64]
+    for name in ("nncf", "ort"):
+        before = onnx.load(str(graphs[name]))
+        weights_before = {t.name: numpy_helper.to_array(t) for t in before.graph.initializer}
+        model = int8.to_s8s8(before)
+        inits = {t.name: t for t in model.graph.initializer}
+        qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+        types = {inits[n.input[2]].data_type for n in qdq}
+        assert TensorProto.INT8 in types and TensorProto.UINT8 not in types  # (ORT's biases stay int32)
+        for n in qdq:
+            if n.input[0] in inits:  # weights are untouched
+                np.testing.assert_array_equal(numpy_helper.to_array(inits[n.input[0]]), weights_before[n.input[0]])
+        onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        onnx.save(model, str(tmp_path / f"{name}_s8.onnx"))
+        np.testing.assert_array_equal(_exact(tmp_path / f"{name}_s8.onnx", x), _exact(graphs[name], x))
+
+
 def test_int32_biases_let_onnx_runtime_fuse_every_layer_into_integer_kernels(graphs, digits, tmp_path):
     x = digits[0][N_TRAIN : N_TRAIN + 64]
     before = onnx.load(str(graphs["nncf"]))
@@ -85,6 +103,39 @@ def test_int32_biases_let_onnx_runtime_fuse_every_layer_into_integer_kernels(gra
     # Bias rounding (≤ half an accumulator step) can flip an 8-bit activation by one step further on.
     assert np.abs(rewritten - reference).max() <= 0.02 * np.abs(reference).max()
     assert (rewritten.argmax(1) == reference.argmax(1)).mean() >= 0.98
+
+
+def test_dequantize_moves_below_a_reshape_so_the_classifier_fuses(digits, tmp_path):
+    """EfficientNet-style head (mean → view → Linear): NNCF quantizes the mean, before the reshape."""
+    import torch
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = torch.nn.Conv2d(1, 8, 3), torch.nn.Linear(8, 10)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.conv(x)).mean((2, 3), keepdim=True).view(x.shape[0], -1))
+
+    torch.manual_seed(0)  # a rewrite check: the same numbers before and after, so untrained weights do
+    x = digits[0][N_TRAIN : N_TRAIN + 64]
+    source = SourceModel("pytorch", "head", 0, module=Head().eval(), input_names=["input"])
+    fp32 = export_onnx(source, [TensorSpec("input", (1, 1, 8, 8), "float32")], tmp_path / "head.onnx")
+    qdq = int8.quantize_static(
+        fp32, tmp_path / "q.onnx", Dataset({"input": x}, None, "digits"), tmp_path, QuantConfig(), lambda n: None
+    )
+    before = onnx.load(str(qdq))
+    producers = {o: n for n in before.graph.node for o in n.output}
+    gemm = next(n for n in before.graph.node if n.op_type == "Gemm")
+    assert producers[gemm.input[0]].op_type == "Reshape"  # the case being fixed
+    onnx.save(int8.quantize_biases(before), str(tmp_path / "biased.onnx"))
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(tmp_path / "biased.onnx"), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert ops.count("QGemm") == 1 and "Gemm" not in ops, ops
+    reference, rewritten = _exact(qdq, x), _exact(tmp_path / "biased.onnx", x)
+    assert np.abs(rewritten - reference).max() <= 0.02 * np.abs(reference).max()
 
 
 def test_corrected_biases_are_carried_into_the_float_graph(graphs, digits, tmp_path):

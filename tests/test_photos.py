@@ -35,8 +35,10 @@ def _rcc(files: dict[str, tuple[bytes, bool]]) -> bytes:
         payload += struct.pack(">I", len(stored)) + stored
     tree = b"".join(nodes)
     header = 20
-    return b"qres" + struct.pack(">IIII", 2, header, header + len(tree), header + len(tree) + len(payload)) + (
-        tree + payload + names
+    return (
+        b"qres"
+        + struct.pack(">IIII", 2, header, header + len(tree), header + len(tree) + len(payload))
+        + (tree + payload + names)
     )
 
 

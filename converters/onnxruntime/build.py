@@ -18,7 +18,7 @@ from edgekit.converters.base import (
     write_manifest,
 )
 
-from edgekit.int8 import quantize_biases, quantizer, to_u8u8
+from edgekit.int8 import quantize_biases, quantizer, to_s8s8, to_u8u8
 from edgekit.onnx_hub import x86_without_vnni
 
 
@@ -37,6 +37,12 @@ class OnnxRuntimeConverter(Converter):
                 notes.append(
                     "x86 without VNNI: the int8 graph stored as uint8 weights and activations (U8U8, the same "
                     "values), because ORT's signed-weight AVX2 kernels saturate 16-bit sums here"
+                )
+            elif ctx.int8_mode == "static" and ctx.target.arch in ("aarch64", "armv7l"):
+                onnx.save(to_s8s8(onnx.load(str(dst))), str(dst))
+                notes.append(
+                    "Arm: every activation stored as int8 (the same values), so each layer fuses into ORT's "
+                    "signed int8 kernels (S8S8, dot-product instructions where the CPU has them)"
                 )
             if ctx.int8_mode == "dynamic":
                 quant = "dynamic int8 (int8 weights, activations quantized per inference; MatMulInteger)"
@@ -70,10 +76,16 @@ class OnnxRuntimeConverter(Converter):
         return model if model.suffix == ".onnx" else built_from(build_dir, manifest)
 
     def executed(self, build_dir: Path, manifest: dict, measured: dict, work: Path) -> dict:
-        """int8 vs float compute kernels in the graph ORT runs after its optimizations (on this host)."""
-        import onnxruntime as ort
-
+        """int8 vs float compute kernels: those ORT ran on the device (its profiler), else those in the graph
+        ORT runs after its optimizations on this host."""
         from edgekit.executed import onnx_counts, summary
+
+        kernels = measured.get("runtime_precisions")
+        if kernels:
+            int8 = sum(c.get("i8", 0) for c in kernels.values())
+            floating = {f"{op} f32": c["f32"] for op, c in kernels.items() if c.get("f32")}
+            return summary(int8, sum(floating.values()), "ONNX Runtime kernels run on the device", floating)
+        import onnxruntime as ort
 
         optimized = work / "ort_optimized.onnx"
         opts = ort.SessionOptions()

@@ -20,13 +20,43 @@ def _session(build_dir: Path, manifest: dict, threads: int, profile: bool = Fals
     return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
+INT8_KERNELS = {
+    "QLinearConv",
+    "QLinearMatMul",
+    "ConvInteger",
+    "MatMulInteger",
+    "QGemm",
+    "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat",
+}
+FLOAT_KERNELS = {"Conv", "FusedConv", "ConvTranspose", "MatMul", "FusedMatMul", "Gemm", "FusedGemm"}
+
+
 def load(build_dir: Path, manifest: dict, threads: int):
-    """(run function, runtime version)."""
+    """(run function, runtime version); for int8 builds ``run.runtime_precisions(feed)`` counts the compute
+    kernels this device's ONNX Runtime executes (after its own graph optimizations) by op and precision."""
     import onnxruntime as ort
 
     sess = _session(build_dir, manifest, threads)
     names = [o["name"] for o in manifest["outputs"]]
-    return (lambda feed: sess.run(names, feed)), "onnxruntime " + ort.__version__
+
+    def run(feed):
+        return sess.run(names, feed)
+
+    if manifest.get("precision") == "int8":
+        run.runtime_precisions = lambda feed: _kernels(build_dir, manifest, threads, feed)
+    return run, "onnxruntime " + ort.__version__
+
+
+def _kernels(build_dir: Path, manifest: dict, threads: int, feed: dict) -> dict:
+    """{op: {"i8" | "f32": count}} of the compute kernels one profiled inference ran."""
+    counts: dict = {}
+    for op in profile(build_dir, manifest, threads, [feed], 1)["ops"]:
+        kind = "i8" if op["type"] in INT8_KERNELS else "f32" if op["type"] in FLOAT_KERNELS else None
+        if kind:
+            counts.setdefault(op["type"], {}).setdefault(kind, 0)
+            counts[op["type"]][kind] += 1
+    return counts
 
 
 def profile(build_dir: Path, manifest: dict, threads: int, feeds: list, repeats: int) -> dict:

@@ -37,7 +37,11 @@ class OpenVinoConverter(Converter):
             ignored = nncf.IgnoredScope(patterns=[f"{re.escape(n)}(/.*)?" for n in ctx.float_nodes], validate=False)
             # x86 without VNNI multiplies u8×s8 with 16-bit saturating sums: 7-bit weights in every layer avoid it.
             overflow = ctx.target.arch == "x86_64" and x86_without_vnni()
-            settings = replace(ctx.quant, quantizer="nncf")
+            # OpenVINO's Arm executors take no activation zero points: symmetric activations run more layers
+            # in int8 there (EfficientNet-Lite0, emulated Cortex-A76: 26 vs 17 of 49 convs, 1.8x faster).
+            arm = ctx.target.arch in ("aarch64", "armv7l")
+            symmetric = ctx.quant.symmetric_activations or arm
+            settings = replace(ctx.quant, quantizer="nncf", symmetric_activations=symmetric)
             advanced, note = nncf_advanced(settings, overflow_everywhere=overflow)
             model = nncf_quantize(model, feeds, settings, advanced, ignored)
             if ctx.float_nodes:
@@ -49,7 +53,12 @@ class OpenVinoConverter(Converter):
             if ctx.quant.quantizer != "nncf":
                 notes.append(f"asked for --quantizer {ctx.quant.quantizer}: OpenVINO is quantized by NNCF")
             quant = f"static int8 (NNCF PTQ on the OpenVINO IR, {settings.describe()}, {len(feeds)} samples)"
-            if ctx.target.arch in ("aarch64", "armv7l"):
+            if arm and not ctx.quant.symmetric_activations:
+                notes.append(
+                    "Arm: symmetric activations (NNCF's performance preset), because OpenVINO's Arm int8 "
+                    "executors take no activation zero points"
+                )
+            if arm:
                 notes.append(
                     "OpenVINO's CPU plugin documents its quantized (u8/i8) primitives for x86-64 only: on Arm it "
                     "runs int8 where its Arm executors have int8 kernels and the rest in fp16/fp32 (see executed)"

@@ -33,7 +33,7 @@ def _precisions(compiled) -> dict:
 
 
 def load(build_dir: Path, manifest: dict, threads: int):
-    """(run function, runtime version); ``run.runtime_precisions()`` reports what the plugin executes."""
+    """(run function, runtime version); ``run.runtime_precisions(feed)`` reports what the plugin executes."""
     import openvino as ov
 
     compiled = _compile(build_dir, manifest, threads, PERFORMANCE_HINT="LATENCY")
@@ -44,7 +44,7 @@ def load(build_dir: Path, manifest: dict, threads: int):
         result = request.infer(feed)
         return [np.array(result[o]) for o in outputs]
 
-    run.runtime_precisions = lambda: _precisions(compiled)
+    run.runtime_precisions = lambda feed: _precisions(compiled)
     return run, "openvino " + ov.get_version().split("-")[0]
 
 

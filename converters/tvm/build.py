@@ -158,6 +158,8 @@ class TvmConverter(Converter):
             else "no search needed"
         )
         left = f"; {t['untuned']} without a record keep default schedules" if t["untuned"] else ""
+        if t.get("stopped_at_budget"):
+            left += " (the search stopped at its time budget, --tune-minutes: convert again to go on)"
         twin = "" if on_host else "; the host library is untuned"
         return (
             f"tuned with MetaSchedule: {t['workloads']} workloads, {t['from_records']} from the records, {searched}"

@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
-DEFAULT_MINUTES = 20.0  # what the search adds to the build's time limit without --tune-minutes
+DEFAULT_MINUTES = 20.0  # the search's time budget without --tune-minutes (also added to the build's time limit)
+ROUND = 16  # trials per task per turn of the search: how far past its budget a search can run
 
 
 @dataclass(frozen=True)
 class TuneConfig:
-    """``--tune TRIALS`` (per workload), ``--tune-minutes`` (added to the build's time limit), ``--tuning-records
+    """``--tune TRIALS`` (per workload), ``--tune-minutes`` (the search's time budget), ``--tuning-records
     DIR`` and the boards."""
 
     trials: int
@@ -108,6 +109,54 @@ def _runner(config: TuneConfig):
     return ms.runner.RPCRunner(rpc, evaluator_config=evaluator, max_workers=1)
 
 
+def _search(tasks: list, config: TuneConfig, database, cc: str | None, logs: Path, deadline: float) -> tuple[int, bool]:
+    """Search ``tasks`` round-robin, at most ``ROUND`` trials per task per turn, until each has ``config.trials``
+    measured trials or the clock passes ``deadline`` (``--tune-minutes``). Every measured batch is committed
+    to the records as it comes, so a search stopped by its budget keeps what it found, and the workloads it
+    did not reach are searched by the next conversion. Returns (trials measured, whether the budget stopped it)."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
+
+    if not tasks:
+        return 0, False
+    logs.mkdir(parents=True, exist_ok=True)
+    builder, runner = _in_process_builder(cc, logs), _runner(config)
+    cores = config.cores or os.cpu_count() or 1
+    cost_model = ms.CostModel.create("xgb", num_tuning_cores=cores, tree_method="auto")  # learns across tasks
+
+    def measured(task) -> int:
+        return len(database.get_top_k(database.commit_workload(task.dispatched[0]), 10**6))
+
+    done = dict.fromkeys(range(len(tasks)), 0)
+    turns = 0
+    while True:
+        pending = [i for i, n in done.items() if n < config.trials]
+        if not pending:
+            return sum(done.values()), False
+        for i in pending:
+            if turns and time.perf_counter() >= deadline:  # the first turn always runs: a search finds something
+                return sum(done.values()), True
+            turns += 1
+            budget = min(ROUND, config.trials - done[i])
+            contexts, weights = extracted_tasks_to_tune_contexts([tasks[i]], str(logs))
+            before = measured(tasks[i])
+            ms.tune_tasks(
+                tasks=contexts,
+                task_weights=weights,
+                work_dir=str(logs),
+                max_trials_global=budget,
+                max_trials_per_task=budget,
+                num_trials_per_iter=budget,
+                builder=builder,
+                runner=runner,
+                database=database,
+                cost_model=cost_model,
+            )
+            # A turn that measures nothing new (the space is exhausted) ends that task's search.
+            gained = measured(tasks[i]) - before
+            done[i] = done[i] + gained if gained else config.trials
+
+
 def tune_and_compile(mod, target: dict, config: TuneConfig, cc: str | None, work: Path):
     """Compile ``mod`` for ``target`` with the records' best schedules, searching first (``config.trials``
     trials per workload) for the workloads that have none.
@@ -115,7 +164,7 @@ def tune_and_compile(mod, target: dict, config: TuneConfig, cc: str | None, work
     import tvm
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.meta_schedule.relax_integration import extract_tasks, extracted_tasks_to_tune_contexts
+    from tvm.s_tir.meta_schedule.relax_integration import extract_tasks
 
     tvm_target = tvm.target.Target({**target, "num-cores": config.cores or os.cpu_count() or 1})
     mod = relax.transform.DecomposeOpsForInference()(mod)
@@ -127,24 +176,7 @@ def tune_and_compile(mod, target: dict, config: TuneConfig, cc: str | None, work
         database = ms.database.JSONDatabase(work_dir=str(config.records))
         missing = [t for t in tasks if database.query_tuning_record(t.dispatched[0], tvm_target, t.task_name) is None]
         started = time.perf_counter()
-        trials = 0
-        if missing:
-            logs = work / "tuning_logs"
-            logs.mkdir(parents=True, exist_ok=True)
-            contexts, weights = extracted_tasks_to_tune_contexts(missing, str(logs))
-            ms.tune_tasks(
-                tasks=contexts,
-                task_weights=weights,
-                work_dir=str(logs),
-                max_trials_global=config.trials * len(missing),
-                max_trials_per_task=config.trials,
-                num_trials_per_iter=min(config.trials, 32),
-                builder=_in_process_builder(cc, logs),
-                runner=_runner(config),
-                database=database,
-                cost_model="xgb",
-            )
-            trials = sum(len(database.get_top_k(database.commit_workload(t.dispatched[0]), 10**6)) for t in missing)
+        trials, stopped = _search(missing, config, database, cc, work / "tuning_logs", started + 60 * config.minutes)
         tuning_s = time.perf_counter() - started
         with tvm_target, database:
             mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
@@ -159,6 +191,7 @@ def tune_and_compile(mod, target: dict, config: TuneConfig, cc: str | None, work
         "untuned": still_missing,
         "trials": trials,
         "tuning_s": round(tuning_s, 1),
+        "stopped_at_budget": stopped,
         "records": str(config.records),
         "measured_on": (config.tracker and f"boards rpc://{config.tracker}") or "this machine",
         "target": str(tvm_target),

@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         result["profile"] = profile_build(args.build_dir, manifest, module, args.threads, feeds)
     if hasattr(run, "runtime_precisions"):
-        result["runtime_precisions"] = run.runtime_precisions()
+        result["runtime_precisions"] = run.runtime_precisions(feeds[0])
     (args.out_dir / "result.json").write_text(json.dumps(result))
     return 0
 
