@@ -30,6 +30,7 @@ def test_targets_list_mobile_and_fpga():
     assert load_target("android-arm64").platform == "android" and load_target("fpga").extra["fpga"]["part"]
 
 
+@pytest.mark.slow  # about a minute: four backends built for Android and checked in the emulated device
 def test_android_target_builds_checked_on_emulated_arm64(cnn_case, tmp_path):
     report = convert(cnn_options(cnn_case, eval=cnn_case["eval"], target="android-arm64", out=tmp_path / "a"))
     rows = {(b["backend"], b.get("requested_precision", b["precision"])): b for b in report["builds"]}

@@ -23,7 +23,7 @@ from pathlib import Path
 
 DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
 DEFAULT_MINUTES = 20.0  # the search's time budget without --tune-minutes (also added to the build's time limit)
-ROUND = 16  # trials per task per turn of the search: how far past its budget a search can run
+ROUND = 32  # trials per task per turn (one evolutionary-search iteration): how far past its budget a search runs
 
 
 @dataclass(frozen=True)
