@@ -37,6 +37,15 @@ def summary(int8: int, floating: int, source: str, float_kinds: dict[str, int] |
     return said
 
 
+def onnx_kernels(counts: dict[str, int]) -> tuple[int, dict[str, int]]:
+    """ONNX (Runtime) op counts → int8 compute layers and the float ones by op."""
+    int8 = sum(n for op, n in counts.items() if op in INT8_ONNX_OPS)
+    return int8, {op: n for op, n in counts.items() if op in FLOAT_ONNX_OPS}
+
+
 def onnx_counts(model) -> tuple[int, int]:
-    ops = [n.op_type for n in model.graph.node]
-    return sum(op in INT8_ONNX_OPS for op in ops), sum(op in FLOAT_ONNX_OPS for op in ops)
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    int8, floating = onnx_kernels(counts)
+    return int8, sum(floating.values())

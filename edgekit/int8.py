@@ -244,6 +244,7 @@ def _sink_dequantize(graph) -> None:
     for node in graph.node:
         for name in node.input:
             consumers[name] = consumers.get(name, 0) + 1
+    moved = set()
     for node in list(graph.node):
         if node.op_type not in ("Conv", "Gemm"):
             continue
@@ -262,7 +263,8 @@ def _sink_dequantize(graph) -> None:
         nodes = list(graph.node)
         graph.node.remove(dq)
         graph.node.insert(nodes.index(shape), dq)
-    kept = [v for v in graph.value_info if v.name not in {n.output[0] for n in graph.node if n.op_type in SHAPE_OPS}]
+        moved.add(dequantized)  # now the reshaped quantized tensor: its recorded float type is stale
+    kept = [v for v in graph.value_info if v.name not in moved]
     del graph.value_info[:]
     graph.value_info.extend(kept)
 

@@ -145,7 +145,7 @@ def markdown(report: dict) -> str:
             kinds = ", ".join(f"{n} {k}" for k, n in e["float_kinds"].items())
             bits.append(f"compute layers not in int8: {kinds}")
         if r.get("runtime_precisions"):
-            bits.append(f"layers by type and runtime precision: {r['runtime_precisions']}")
+            bits.append(f"layers run on the device, by type (and runtime precision): {r['runtime_precisions']}")
         if r.get("degraded"):
             bits.append("DEGRADED: " + "; ".join(r["degraded"]))
         if r.get("budget", {}).get("violations"):

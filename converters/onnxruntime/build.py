@@ -29,21 +29,23 @@ class OnnxRuntimeConverter(Converter):
         quant = ""
         notes = []
         if ctx.precision == "int8":
-            shutil.copyfile(ctx.onnx_qdq, dst)
             if ctx.int8_mode == "static":
-                onnx.save(quantize_biases(onnx.load(str(dst))), str(dst))  # int32 biases: ORT's QGemm needs them
-            if ctx.int8_mode == "static" and ctx.target.arch == "x86_64" and x86_without_vnni():
-                onnx.save(to_u8u8(onnx.load(str(dst))), str(dst))
-                notes.append(
-                    "x86 without VNNI: the int8 graph stored as uint8 weights and activations (U8U8, the same "
-                    "values), because ORT's signed-weight AVX2 kernels saturate 16-bit sums here"
-                )
-            elif ctx.int8_mode == "static" and ctx.target.arch in ("aarch64", "armv7l"):
-                onnx.save(to_s8s8(onnx.load(str(dst))), str(dst))
-                notes.append(
-                    "Arm: every activation stored as int8 (the same values), so each layer fuses into ORT's "
-                    "signed int8 kernels (S8S8, dot-product instructions where the CPU has them)"
-                )
+                model = quantize_biases(onnx.load(str(ctx.onnx_qdq)))  # int32 biases: ORT's QGemm needs them
+                if ctx.target.arch == "x86_64" and x86_without_vnni():
+                    model = to_u8u8(model)
+                    notes.append(
+                        "x86 without VNNI: the int8 graph stored as uint8 weights and activations (U8U8, the same "
+                        "values), because ORT's signed-weight AVX2 kernels saturate 16-bit sums here"
+                    )
+                elif ctx.target.arch in ("aarch64", "armv7l"):
+                    model = to_s8s8(model)
+                    notes.append(
+                        "Arm: every activation stored as int8 (the same values), so each layer fuses into ORT's "
+                        "signed int8 kernels (S8S8, dot-product instructions where the CPU has them)"
+                    )
+                onnx.save(model, str(dst))
+            else:
+                shutil.copyfile(ctx.onnx_qdq, dst)
             if ctx.int8_mode == "dynamic":
                 quant = "dynamic int8 (int8 weights, activations quantized per inference; MatMulInteger)"
             else:
@@ -78,12 +80,11 @@ class OnnxRuntimeConverter(Converter):
     def executed(self, build_dir: Path, manifest: dict, measured: dict, work: Path) -> dict:
         """int8 vs float compute kernels: those ORT ran on the device (its profiler), else those in the graph
         ORT runs after its optimizations on this host."""
-        from edgekit.executed import onnx_counts, summary
+        from edgekit.executed import onnx_counts, onnx_kernels, summary
 
         kernels = measured.get("runtime_precisions")
         if kernels:
-            int8 = sum(c.get("i8", 0) for c in kernels.values())
-            floating = {f"{op} f32": c["f32"] for op, c in kernels.items() if c.get("f32")}
+            int8, floating = onnx_kernels(kernels)
             return summary(int8, sum(floating.values()), "ONNX Runtime kernels run on the device", floating)
         import onnxruntime as ort
 

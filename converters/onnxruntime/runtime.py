@@ -20,21 +20,9 @@ def _session(build_dir: Path, manifest: dict, threads: int, profile: bool = Fals
     return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
-INT8_KERNELS = {
-    "QLinearConv",
-    "QLinearMatMul",
-    "ConvInteger",
-    "MatMulInteger",
-    "QGemm",
-    "DynamicQuantizeMatMul",
-    "MatMulIntegerToFloat",
-}
-FLOAT_KERNELS = {"Conv", "FusedConv", "ConvTranspose", "MatMul", "FusedMatMul", "Gemm", "FusedGemm"}
-
-
 def load(build_dir: Path, manifest: dict, threads: int):
-    """(run function, runtime version); for int8 builds ``run.runtime_precisions(feed)`` counts the compute
-    kernels this device's ONNX Runtime executes (after its own graph optimizations) by op and precision."""
+    """(run function, runtime version); for int8 builds ``run.runtime_precisions(feed)`` counts the kernels this
+    device's ONNX Runtime executes (after its own graph optimizations) by op type."""
     import onnxruntime as ort
 
     sess = _session(build_dir, manifest, threads)
@@ -49,13 +37,10 @@ def load(build_dir: Path, manifest: dict, threads: int):
 
 
 def _kernels(build_dir: Path, manifest: dict, threads: int, feed: dict) -> dict:
-    """{op: {"i8" | "f32": count}} of the compute kernels one profiled inference ran."""
+    """{op type: count} of the kernels one profiled inference ran."""
     counts: dict = {}
     for op in profile(build_dir, manifest, threads, [feed], 1)["ops"]:
-        kind = "i8" if op["type"] in INT8_KERNELS else "f32" if op["type"] in FLOAT_KERNELS else None
-        if kind:
-            counts.setdefault(op["type"], {}).setdefault(kind, 0)
-            counts[op["type"]][kind] += 1
+        counts[op["type"]] = counts.get(op["type"], 0) + 1
     return counts
 
 
