@@ -30,18 +30,21 @@ def test_demo_arm64_int8_every_backend(tmp_path):
             assert any("tvm int8 is not offered" in n for n in row["notes"])
         else:
             assert row["size_bytes"] < 0.4 * report["original"]["size_bytes"]
-        # Held-out photos include low-confidence textures (grass, gravel) where int8 flips close calls. With
-        # NNCF's bias-corrected graph (ORT), its corrected biases (TFLite) and NNCF on the IR (OpenVINO), the
-        # host measured 89–91 % top-1 agreement and cosine 0.97–0.99 (before: 64–76 %, 0.93–0.977).
+        # The 66 held-out crops are mostly near-ties (median top-1 probability 0.18, 4 crops ≥ 0.5): top-1
+        # agreement there moves by ±5 points with any change to the graph, so the cosine is the judge. Measured on
+        # the emulated arm64 device: TFLite 0.994, ONNX Runtime 0.992, OpenVINO 0.987 (before the 8-bit first
+        # layer: 0.988 / 0.986 / 0.983; before NNCF's bias correction: 0.93–0.977).
         if backend == "openvino":
             # On Arm CPUs OpenVINO runs part of an int8 model in fp16/fp32: the row says which layers.
-            assert row["accuracy"]["cosine"] >= 0.9 and row["accuracy"]["top1_agreement"] >= 0.6
+            assert row["accuracy"]["cosine"] >= 0.98 and row["accuracy"]["top1_agreement"] >= 0.7, row["accuracy"]
             executed = row["executed"]
             assert executed["precision"] in ("int8", "mixed", "float")
             if executed["precision"] != "int8":
                 assert executed["float_kinds"] and any("compute layers" in n for n in row["notes"]), row["notes"]
+            assert any("depthwise convolutions" in n for n in row["notes"]), row["notes"]
         elif backend != "tvm":
-            assert row["accuracy"]["cosine"] >= 0.98 and row["accuracy"]["top1_agreement"] >= 0.85, row["accuracy"]
+            assert row["accuracy"]["cosine"] >= 0.99 and row["accuracy"]["top1_agreement"] >= 0.8, row["accuracy"]
+            assert row["accuracy"]["confident"]["top1_agreement"] == 1.0
             assert "bias correction" in row["quantization"]
         if backend == "onnxruntime":
             # int8 activations everywhere (S8S8): every conv and the classifier run on ORT's Arm int8 kernels.

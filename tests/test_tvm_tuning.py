@@ -20,58 +20,49 @@ def _tvm(report: dict, out) -> tuple[dict, dict]:
 
 
 @pytest.mark.slow
-def test_tuned_on_a_board_then_rebuilt_from_the_records_without_search(tmp_path, cnn_case):
+def test_budget_stops_the_board_search_the_next_conversion_goes_on_then_no_search(tmp_path, cnn_case):
     records = tmp_path / "records"
     common = dict(target="host", eval=cnn_case["eval"], backends=("tvm",), precisions=("fp32",), runs=3, warmup=1)
+    # On a board, a budget of about a second: the first workload's turn (2 trials) runs, then the search stops.
     with Farm("tune", host_boards=1) as farm:
         first = convert(
-            cnn_options(cnn_case, device=farm.url, out=tmp_path / "a", tune_trials=1, tuning_records=records, **common)
+            cnn_options(
+                cnn_case,
+                device=farm.url,
+                out=tmp_path / "a",
+                tune_trials=2,
+                tune_minutes=0.02,
+                tuning_records=records,
+                **common,
+            )
         )
     row, tuning = _tvm(first, tmp_path / "a")
     assert row["status"] == "ok", row
-    assert tuning["workloads"] >= 4 and tuning["searched"] == tuning["workloads"] and tuning["from_records"] == 0
-    assert tuning["trials"] >= tuning["workloads"] and tuning["untuned"] == 0  # every workload measured on the board
-    assert tuning["measured_on"] == f"boards rpc://127.0.0.1:{farm.port}/tune"
-    assert any(n.startswith("tuned with MetaSchedule") for n in row["notes"])
-    assert row["accuracy"]["top1_agreement"] >= 0.99  # the tuned kernels compute the same function
-    saved = {p.name: p.read_bytes() for p in records.glob("database_*.json")}
-    assert len(saved) == 2 and all(saved.values())
-
-    second = convert(
-        cnn_options(cnn_case, device="host", out=tmp_path / "b", tune_trials=1, tuning_records=records, **common)
-    )
-    row, tuning = _tvm(second, tmp_path / "b")
-    assert row["status"] == "ok", row
-    assert tuning["searched"] == 0 and tuning["from_records"] == tuning["workloads"] and tuning["untuned"] == 0
-    assert any("no search needed" in n for n in row["notes"])
-    assert {p.name: p.read_bytes() for p in records.glob("database_*.json")} == saved  # nothing searched or added
-    assert row["accuracy"]["top1_agreement"] >= 0.99
-
-
-@pytest.mark.slow
-def test_search_stops_at_its_time_budget_keeps_its_records_and_the_next_conversion_goes_on(tmp_path, cnn_case):
-    records = tmp_path / "records"
-    common = dict(target="host", eval=cnn_case["eval"], backends=("tvm",), precisions=("fp32",), runs=3, warmup=1)
-    # A budget of about a second: the first workload's turn (2 trials) runs, then the search stops.
-    first = convert(
-        cnn_options(cnn_case, out=tmp_path / "a", tune_trials=2, tune_minutes=0.02, tuning_records=records, **common)
-    )
-    row, tuning = _tvm(first, tmp_path / "a")
-    assert row["status"] == "ok", row
+    assert tuning["workloads"] >= 4 and tuning["from_records"] == 0, tuning
     assert tuning["stopped_at_budget"] and 1 <= tuning["trials"] <= 2, tuning
+    assert tuning["measured_on"] == f"boards rpc://127.0.0.1:{farm.port}/tune"
     reached = tuning["workloads"] - tuning["untuned"]
     assert 1 <= reached < tuning["workloads"]  # the rest keep TVM's default schedules in this build
     assert any("stopped at its time budget" in n for n in row["notes"]), row["notes"]
-    assert row["accuracy"]["top1_agreement"] >= 0.99
+    assert row["accuracy"]["top1_agreement"] >= 0.99  # the tuned kernels compute the same function
 
-    # The next conversion goes on with the workloads the first did not reach (again one turn in its budget).
-    second = convert(
-        cnn_options(cnn_case, out=tmp_path / "b", tune_trials=2, tune_minutes=0.02, tuning_records=records, **common)
-    )
+    # The next conversion (no budget, measured here) searches only the workloads the first did not reach.
+    second = convert(cnn_options(cnn_case, out=tmp_path / "b", tune_trials=1, tuning_records=records, **common))
     row, tuning = _tvm(second, tmp_path / "b")
-    assert row["status"] == "ok" and tuning["stopped_at_budget"], tuning
+    assert row["status"] == "ok" and not tuning["stopped_at_budget"], tuning
     assert tuning["from_records"] == reached and tuning["searched"] == tuning["workloads"] - reached
-    assert tuning["untuned"] == tuning["workloads"] - reached - 1 and 1 <= tuning["trials"] <= 2
+    assert tuning["untuned"] == 0 and tuning["trials"] >= tuning["searched"] and tuning["measured_on"] == "this machine"
+    assert any(n.startswith("tuned with MetaSchedule") for n in row["notes"])
+    saved = {p.name: p.read_bytes() for p in records.glob("database_*.json")}
+    assert len(saved) == 2 and all(saved.values())
+
+    # Every workload is in the records: compiled with no search, and the records are left as they were.
+    third = convert(cnn_options(cnn_case, out=tmp_path / "c", tune_trials=1, tuning_records=records, **common))
+    row, tuning = _tvm(third, tmp_path / "c")
+    assert row["status"] == "ok", row
+    assert tuning["searched"] == 0 and tuning["from_records"] == tuning["workloads"] and tuning["untuned"] == 0
+    assert any("no search needed" in n for n in row["notes"])
+    assert {p.name: p.read_bytes() for p in records.glob("database_*.json")} == saved
     assert row["accuracy"]["top1_agreement"] >= 0.99
 
 
