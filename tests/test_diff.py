@@ -90,7 +90,10 @@ def test_diff_reads_openvino_intermediates(converted, digits):
     x, _ = digits
     result = layer_diff(converted / "onnx" / "model.onnx", converted / "openvino_int8", {"x": x[N_TRAIN : N_TRAIN + 1]})
     assert result["compared_through"] == "OpenVINO runtime" and result["matched_layers"] >= 4
-    assert all(np.isfinite(r["snr_db"]) and r["cosine"] > 0.9 for r in result["rows"])
+    # A layer kept in float (on x86 without VNNI: the input layer) is exact: infinite SNR.
+    assert all(r["cosine"] > 0.9 for r in result["rows"]), result["rows"]
+    assert all(np.isfinite(r["snr_db"]) or r["max_abs"] == 0 for r in result["rows"]), result["rows"]
+    assert any(np.isfinite(r["snr_db"]) for r in result["rows"])
 
 
 def test_diff_refuses_tflite_and_bad_input(converted, tmp_path):

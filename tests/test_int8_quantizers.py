@@ -57,10 +57,14 @@ def test_nncf_graph_says_how_it_was_made_and_keeps_digits_accuracy(graphs, digit
     assert weights and all(inits[n.input[0]].data_type == TensorProto.INT8 for n in weights)
     for q in (n for n in model.graph.node if n.op_type == "QuantizeLinear"):
         assert numpy_helper.to_array(inits[q.input[1]]).size == 1, q.name
-    # 8-bit weights in every layer, the first too: NNCF's 7-bit first layer guards kernels edgekit does not use.
+    # The first layer's weights: 8-bit or NNCF's 7-bit, whichever was closer to the original on the calibration
+    # set; the graph and its description say which, and the stored weights have that range.
+    bits = int8.first_layer_bits(graphs["nncf"])
+    assert bits in (7, 8) and f"{bits}-bit first-layer weights" in how
     producers = {o: n for n in model.graph.node for o in n.output}
     stem = next(n for n in model.graph.node if n.op_type == "Conv")
-    assert np.abs(numpy_helper.to_array(inits[producers[stem.input[1]].input[0]])).max() > 64
+    assert (np.abs(numpy_helper.to_array(inits[producers[stem.input[1]].input[0]])).max() > 64) == (bits == 8)
+    assert int8.first_layer_bits(graphs["ort"]) is None
 
 
 def test_u8u8_rewrite_gives_exactly_the_same_numbers(graphs, digits, tmp_path):

@@ -12,7 +12,7 @@ import numpy as np
 from edgekit.converters.base import BuildContext, BuildResult, Converter, Refused, io_by_name, write_manifest
 
 from edgekit.errors import one_line
-from edgekit.int8 import nncf_advanced, nncf_quantize
+from edgekit.int8 import first_layer_bits, nncf_advanced, nncf_quantize
 from edgekit.onnx_hub import x86_without_vnni
 
 # The CPU plugin's compute layer types (its runtime model names them so; depthwise is a Convolution too).
@@ -69,7 +69,9 @@ class OpenVinoConverter(Converter):
                 validate=False,
             )
             settings = replace(ctx.quant, quantizer="nncf")
-            advanced, note = nncf_advanced(settings, overflow_everywhere=overflow)
+            # The first layer's weight bits as the shared graph chose them (the closer to the original).
+            seven = first_layer_bits(ctx.onnx_qdq) == 7
+            advanced, note = nncf_advanced(settings, overflow_everywhere=overflow, first_layer_7bit=seven)
             model = nncf_quantize(model, feeds, settings, advanced, ignored)
             if ctx.float_nodes:
                 notes.append(f"accuracy fallback: {len(ctx.float_nodes)} layer(s) kept in float (NNCF ignored scope)")
