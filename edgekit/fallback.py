@@ -100,17 +100,22 @@ class FallbackResult:
     sensitivity: list[tuple[str, float]]
 
 
-def _score(model: onnx.ModelProto, feeds: list[dict], reference: list[np.ndarray], task: tuple[int, bool]) -> dict:
-    """Agreement of the QDQ graph, simulated (Q/DQ around float kernels): the quantization error every backend
-    shares, free of one host's int8 kernel quirks (ORT's AVX2 u8s8 saturation)."""
+def simulated_outputs(model: onnx.ModelProto, feeds: list[dict]) -> list[np.ndarray]:
+    """Every output of ``model`` on ``feeds`` (concatenated), a QDQ graph's arithmetic as written (Q/DQ around
+    float kernels, no ORT optimization): the quantization error every backend shares, free of one host's int8
+    kernel quirks (ORT's AVX2 u8s8 saturation)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     outs = [sess.run(None, f) for f in feeds]
-    produced = [np.concatenate([o[j] for o in outs]) for j in range(len(outs[0]))]
-    acc = compare(reference, produced, None, *task)
+    return [np.concatenate([o[j] for o in outs]) for j in range(len(outs[0]))]
+
+
+def _score(model: onnx.ModelProto, feeds: list[dict], reference: list[np.ndarray], task: tuple[int, bool]) -> dict:
+    """Agreement of the QDQ graph, simulated (``simulated_outputs``)."""
+    acc = compare(reference, simulated_outputs(model, feeds), None, *task)
     agreed = agreement(acc)[0]
     return {"agreement": acc["cosine"] if agreed is None else agreed, "cosine": acc["cosine"]}
 

@@ -112,56 +112,40 @@ def _quantize_nncf(fp32: Path, calib: Dataset, quant: QuantConfig) -> tuple:
     EfficientNet-Lite0 demo crops cosine 0.986 (7-bit) vs 0.992 (8-bit), BlazeFace's scores 0.960 vs 0.920."""
     import onnx
 
+    from edgekit.fallback import simulated_outputs
+    from edgekit.metrics import compare
+
     feeds = [calib.sample(i) for i in range(len(calib))]
-    reference = _outputs(onnx.load(str(fp32)), feeds)
+    reference = simulated_outputs(onnx.load(str(fp32)), feeds)
     best = None
     for seven in (False, True):
         advanced, _ = nncf_advanced(quant, first_layer_7bit=seven)
         model = nncf_quantize(onnx.load(str(fp32)), feeds, quant, advanced)
-        score = _agreement(reference, _outputs(model, feeds))
+        score = compare(reference, simulated_outputs(model, feeds))["cosine"]  # the worst output's mean cosine
+        score = -1.0 if np.isnan(score) else score
         if best is None or score > best[0]:
             best = (score, seven, model)
     _, seven, model = best
     return model, 7 if seven else 8
 
 
-def _outputs(model, feeds: list[dict]) -> list[np.ndarray]:
-    """Every output of ``model`` on ``feeds``, with the QDQ arithmetic as written (no ORT optimization)."""
-    import onnxruntime as ort
+def _props(graph: Path) -> dict[str, str]:
+    import onnx
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    runs = [session.run(None, feed) for feed in feeds]
-    return [np.concatenate([r[j] for r in runs]) for j in range(len(runs[0]))]
-
-
-def _agreement(reference: list[np.ndarray], other: list[np.ndarray]) -> float:
-    """The worst output's mean per-sample cosine."""
-    worst = 1.0
-    for a, b in zip(reference, other, strict=True):
-        a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
-        norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-        cosine = np.where(norms > 0, (a * b).sum(1) / np.maximum(norms, 1e-30), 1.0)
-        worst = min(worst, float(np.nan_to_num(cosine, nan=-1.0).mean()))
-    return worst
+    return {p.key: p.value for p in onnx.load(str(graph), load_external_data=False).metadata_props}
 
 
 def first_layer_bits(graph: Path | None) -> int | None:
     """The first-layer weight bits NNCF's shared graph chose (None: not made by NNCF)."""
-    import onnx
-
     if graph is None or not graph.exists():
         return None
-    props = {p.key: p.value for p in onnx.load(str(graph), load_external_data=False).metadata_props}
-    return int(props[FIRST_LAYER_KEY]) if FIRST_LAYER_KEY in props else None
+    bits = _props(graph).get(FIRST_LAYER_KEY)
+    return int(bits) if bits else None
 
 
 def quantizer(graph: Path) -> tuple[str, str]:
     """How the shared graph was quantized, in words, and its bias correction ("" when none)."""
-    import onnx
-
-    props = {p.key: p.value for p in onnx.load(str(graph), load_external_data=False).metadata_props}
+    props = _props(graph)
     return props.get(QUANTIZER_KEY, "ONNX Runtime quantization"), props.get(BIASES_KEY, "")
 
 

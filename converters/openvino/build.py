@@ -12,6 +12,7 @@ import numpy as np
 from edgekit.converters.base import BuildContext, BuildResult, Converter, Refused, io_by_name, write_manifest
 
 from edgekit.errors import one_line
+from edgekit.fallback import COMPUTE_OPS
 from edgekit.int8 import first_layer_bits, nncf_advanced, nncf_quantize
 from edgekit.onnx_hub import x86_without_vnni
 
@@ -33,7 +34,7 @@ def _input_layers(graph: Path) -> list[str]:
     for node in g.node:  # ONNX nodes are topologically sorted
         if not reached.intersection(node.input):
             continue
-        if node.op_type in {"Conv", "ConvTranspose", "Gemm", "MatMul"}:
+        if node.op_type in COMPUTE_OPS:
             first.append(node.name)
         else:
             reached.update(node.output)
