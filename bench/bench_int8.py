@@ -16,8 +16,6 @@ block of inferences, so a burst of load on this shared machine hits every row al
 from __future__ import annotations
 
 import argparse
-import functools
-import importlib
 import json
 import os
 import platform
@@ -26,7 +24,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
+from bench_timing import interleaved
 
 from edgekit import convert
 from edgekit.data import TensorSpec, load_dataset
@@ -52,27 +50,6 @@ def _convert(
     )
     report = convert(replace(options, runs=5, cache=False), log=lambda message: None)  # conversion time as such
     return report, time.perf_counter() - t0
-
-
-def _interleaved(builds: list[tuple[str, Path]], image: np.ndarray, rounds: int, block: int) -> dict[str, float]:
-    """Median per-inference time (ms) of every build, timed in alternating blocks over several rounds."""
-    runs = {}
-    for key, folder in builds:
-        manifest = json.loads((folder / "build.json").read_text())
-        runtime = importlib.import_module(f"edgekit.converters.{manifest['backend']}.runtime")
-        run, _ = runtime.load(folder, manifest, os.cpu_count() or 1)
-        feed = {manifest["inputs"][0]["name"]: image}
-        for _ in range(5):
-            run(feed)
-        runs[key] = functools.partial(run, feed)
-    times: dict[str, list[float]] = {key: [] for key in runs}
-    for _ in range(rounds):
-        for key, run in runs.items():
-            for _ in range(block):
-                t = time.perf_counter()
-                run()
-                times[key].append((time.perf_counter() - t) * 1000)
-    return {key: float(np.median(v)) for key, v in times.items()}
 
 
 def main() -> None:
@@ -112,7 +89,7 @@ def main() -> None:
         options = demo_options(args.target)
         data = load_dataset(options.calib, [TensorSpec("input", (1, 3, 224, 224), "float32")], options.image)
         image = next(iter(data.sample(len(data) - 1).values()))
-        p50 = _interleaved(builds, image, args.rounds, args.block)
+        p50 = interleaved(builds, image, args.rounds, args.block)
     reference = p50.pop("ONNX Runtime fp32 (plain)")
     for row in rows:
         row["p50_ms"] = p50.get(f"{row['setting']}|{row['backend']}")

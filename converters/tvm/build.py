@@ -66,9 +66,18 @@ INTEGER_SHARE_MIN = 0.8  # TVM int8 is offered only where this share of the comp
 
 class TvmConverter(Converter):
     def cache_inputs(self, ctx: BuildContext) -> dict:
-        """A tuned build also depends on the tuning records it starts from."""
+        """A tuned build also depends on the tuning records it starts from (its target's)."""
         tune = TuneConfig.from_options(ctx.options)
-        return {"tuning_records": records_digest(tune.records)} if tune else {}
+        return {"tuning_records": records_digest(tune.folder(self._targets(ctx)[1]))} if tune else {}
+
+    @staticmethod
+    def _targets(ctx: BuildContext) -> tuple[dict, dict]:
+        """The TVM target, and the one of the library the (emulated or real Linux) device runs."""
+        on_host = ctx.target.arch == platform.machine()
+        target = host_target() if on_host and not ctx.target.cpu else ctx.target.tvm_target()
+        # Android: the library the emulated (glibc) device runs is a linux-gnu twin of the Android one.
+        linux_triple = f"{ctx.target.arch}-linux-gnu" if ctx.target.platform == "android" else ctx.target.triple
+        return target, {**target, "mtriple": linux_triple}
 
     def extra_build_s(self, ctx: BuildContext) -> float:
         tune = TuneConfig.from_options(ctx.options)
@@ -106,7 +115,7 @@ class TvmConverter(Converter):
                 package = "g++-" + ctx.target.cross_compiler.removesuffix("-g++")
                 raise RuntimeError(f"cross compiler '{ctx.target.cross_compiler}' not found; apt-get install {package}")
         shapes = {s.name: list(s.shape) for s in ctx.inputs}
-        target = host_target() if on_host and not ctx.target.cpu else ctx.target.tvm_target()
+        target, device_target = self._targets(ctx)
         source, precision, quant, notes = ctx.onnx_fp32, "fp32", "", []
         share = self._integer_share(ctx.onnx_qdq) if ctx.precision == "int8" else 1.0
         if share < INTEGER_SHARE_MIN:  # an int8 row must compute in integers: this graph's would not
@@ -119,10 +128,7 @@ class TvmConverter(Converter):
             quant = f"int8 dynamic graph (ORT); TVM lowers its integer MatMuls ({share:.0%} of the compute layers)"
             if ctx.float_nodes:
                 quant += f"; {len(ctx.float_nodes)} layer(s) kept in float (accuracy fallback)"
-        # Android: the library the emulated (glibc) device runs is a linux-gnu twin of the Android one.
-        linux_triple = f"{ctx.target.arch}-linux-gnu" if ctx.target.platform == "android" else ctx.target.triple
-        device_target = {**target, "mtriple": linux_triple}
-        libs = {ctx.target.arch: f"model_{precision}.{linux_triple}.so"}
+        libs = {ctx.target.arch: f"model_{precision}.{device_target['mtriple']}.so"}
         if not on_host:
             libs[platform.machine()] = f"model_{precision}.{platform.machine()}-linux-gnu.so"
         tune, untuned = self._tuning(ctx, on_host)
@@ -151,8 +157,9 @@ class TvmConverter(Converter):
 
     @staticmethod
     def _tuned_note(t: dict, on_host: bool) -> str:
+        resumed = f", {t['resumed']} of them going on from the records" if t.get("resumed") else ""
         searched = (
-            f"{t['searched']} searched now ({t['trials']} measured trials in {t['tuning_s']:.0f} s on "
+            f"{t['searched']} searched now{resumed} ({t['trials']} measured trials in {t['tuning_s']:.0f} s on "
             f"{t['measured_on']})"
             if t["searched"]
             else "no search needed"
