@@ -54,9 +54,14 @@ class TuneConfig:
             options.get("tune_cores"),
         )
 
+    @property
+    def num_cores(self) -> int:
+        """The cores MetaSchedule parallelises for: the boards', else this machine's."""
+        return self.cores or os.cpu_count() or 1
+
     def target(self, target: dict) -> dict:
         """``target`` as MetaSchedule tunes for it: with the cores it parallelises for."""
-        return {**target, "num-cores": self.cores or os.cpu_count() or 1}
+        return {**target, "num-cores": self.num_cores}
 
     def folder(self, target: dict) -> Path:
         """The records of ``target`` (one database per exact target, see the module's docstring)."""
@@ -210,8 +215,8 @@ def _search(
     _cpu_tensor_intrinsics()
     logs.mkdir(parents=True, exist_ok=True)
     builder, runner = _in_process_builder(cc, logs), _runner(config)
-    cores = config.cores or os.cpu_count() or 1
-    cost_model = ms.CostModel.create("xgb", num_tuning_cores=cores, tree_method="auto")  # learns across tasks
+    # One cost model for every task: it learns across them.
+    cost_model = ms.CostModel.create("xgb", num_tuning_cores=config.num_cores, tree_method="auto")
     left, measured, turns = dict(left), 0, 0
     while left:
         for i in list(left):
@@ -261,7 +266,7 @@ def tune_and_compile(mod, target: dict, config: TuneConfig, cc: str | None, work
     with _locked(folder):
         database = ms.database.JSONDatabase(work_dir=str(folder))
         left = _remaining(tasks, database, folder, config.trials)
-        resumed = sum(_tried(database, tasks[i]) > 0 for i in left)
+        resumed = sum(n < config.trials for n in left.values())  # some trials already in the records
         started = time.perf_counter()
         trials, stopped = _search(
             tasks, left, config, database, folder, cc, work / "tuning_logs", started + 60 * config.minutes
