@@ -6,8 +6,8 @@ Calibration: the demo's 64 ten-crops of the bundled photos; held out: the 240 pr
 (``edgekit photos prepare``), or with ``--bundled`` the demo's 66 bundled crops.
 
 For each setting (ONNX Runtime's quantize_static as before; NNCF without, with fast and with full bias
-correction, and full with NNCF's histogram range estimator) the demo is converted to int8 for ONNX Runtime,
-TFLite and OpenVINO and checked on this machine.
+correction; full with NNCF's min/max, its histogram range estimator, and the closer of both) the demo is
+converted to int8 for ONNX Runtime, TFLite and OpenVINO and checked on this machine.
 Then every build and plain ONNX Runtime fp32 are timed **interleaved**: in each round every build runs one
 block of inferences, so a burst of load on this shared machine hits every row alike. Writes
 ``bench/int8_results.{json,md}`` (``int8_results_bundled.*`` with ``--bundled``).
@@ -35,8 +35,11 @@ SETTINGS = {
     "ORT quantize_static (before)": QuantConfig(quantizer="ort"),
     "NNCF, no bias correction": QuantConfig(bias_correction="none"),
     "NNCF, fast bias correction": QuantConfig(bias_correction="fast"),
-    "NNCF, full bias correction (default)": QuantConfig(),
+    "NNCF, full bias correction, min/max ranges (--calib-method minmax, the default before)": QuantConfig(
+        method="minmax"
+    ),
     "NNCF, full bias correction, histogram ranges (--calib-method entropy)": QuantConfig(method="entropy"),
+    "NNCF, full bias correction, the closer of both on the calibration set (auto, the default)": QuantConfig(),
 }
 BACKENDS = ("onnxruntime", "tflite", "openvino")
 

@@ -32,6 +32,7 @@ class BackendSpec:
     libraries: tuple[str, ...] = ()  # distributions whose versions key the build cache
     int8_graph: bool = False  # int8 builds start from edgekit's shared int8 ONNX graph
     int8_biases: bool = False  # int8 builds quantize themselves, with the shared graph's bias-corrected biases
+    int8_choices: bool = False  # int8 builds quantize themselves, with the shared graph's ranges and first-layer bits
     int8_modes: tuple[str, ...] = ("static", "dynamic")  # int8 modes whose builds compute in integer arithmetic
     int8_not_offered: str = ""  # why int8 is not offered in the other modes (the build is made in fp32 instead)
     source: str = "onnx"  # the model it converts: onnx | pytorch
@@ -45,6 +46,11 @@ class BackendSpec:
     not_verified: str = ""  # said in every report that builds this backend (unless its host_system is here)
     color: str = "#7f7f7f"  # its colour in report plots
     folder: Path | None = None  # set by the registry
+
+    @property
+    def uses_int8_graph(self) -> bool:
+        """Its int8 builds need the shared int8 graph: to build from, or for its biases or calibration choices."""
+        return self.int8_graph or self.int8_biases or self.int8_choices
 
     @property
     def runtime_file(self) -> Path:

@@ -380,8 +380,13 @@ def convert_cmd(
         typer.Option(rich_help_panel="Pruning", help="labelled .npz: recovery also fine-tunes on the labels"),
     ] = None,
     calib_method: Annotated[
-        str, typer.Option(rich_help_panel="Quantization", help="int8 calibration: minmax | entropy | percentile")
-    ] = "minmax",
+        str,
+        typer.Option(
+            rich_help_panel="Quantization",
+            help="int8 calibration: auto (NNCF's min/max or histogram ranges, the closer on the calibration set) "
+            "| minmax | entropy | percentile",
+        ),
+    ] = "auto",
     per_tensor: Annotated[
         bool, typer.Option(rich_help_panel="Quantization", help="int8 weights per tensor instead of per channel")
     ] = False,

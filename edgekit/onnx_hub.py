@@ -158,7 +158,7 @@ def onnx_output_specs(path: Path) -> list[TensorSpec]:
     return specs
 
 
-CALIB_METHODS = ("minmax", "entropy", "percentile")
+CALIB_METHODS = ("auto", "minmax", "entropy", "percentile")
 INT8_MODES = ("auto", "static", "dynamic")
 QUANTIZERS = ("nncf", "ort")
 BIAS_CORRECTIONS = ("full", "fast", "none")
@@ -168,7 +168,7 @@ BIAS_CORRECTIONS = ("full", "fast", "none")
 class QuantConfig:
     """How int8 builds are calibrated; the same samples and settings feed every backend that offers them."""
 
-    method: str = "minmax"  # minmax | entropy | percentile
+    method: str = "auto"  # auto (NNCF: minmax or entropy, whichever is closer on the calibration set) | minmax | ...
     per_channel: bool = True  # weights: per output channel, else per tensor
     symmetric_activations: bool = False
     mode: str = "auto"  # auto: dynamic for MatMul models with token (integer) inputs, static otherwise
@@ -188,7 +188,10 @@ class QuantConfig:
     def describe(self) -> str:
         weights = "per-channel" if self.per_channel else "per-tensor"
         acts = "symmetric" if self.symmetric_activations else "asymmetric"
-        said = f"{self.method} calibration, {weights} weights, {acts} activations"
+        method = self.method
+        if method == "auto":  # ONNX Runtime's quantizer: min/max; NNCF: the closer of min/max and histogram
+            method = "auto (minmax or entropy)" if self.quantizer == "nncf" else "minmax"
+        said = f"{method} calibration, {weights} weights, {acts} activations"
         if self.quantizer == "nncf":
             correction = "no" if self.bias_correction == "none" else self.bias_correction
             said += f", {correction} bias correction"

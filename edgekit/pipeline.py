@@ -678,7 +678,7 @@ def _quantize(
     int8 = Int8Graph(onnx_hub.int8_mode(onnx.path, specs, opts.quant))
     if "int8" not in precisions:
         return int8
-    if any(backend_spec(b).int8_graph or backend_spec(b).int8_biases for b in backends) or budget is not None:
+    if any(backend_spec(b).uses_int8_graph for b in backends) or budget is not None:
         folder = onnx.path.parent
         int8.path, int8.error = _shared_int8_graph(onnx.path, folder, calib, opts.quant, int8.mode, shared, log)
     else:
@@ -858,8 +858,9 @@ def _prune(
 def _shared_int8_graph(
     fp32: Path, folder: Path, calib: Dataset, quant: onnx_hub.QuantConfig, mode: str, shared: tuple, log: Progress
 ) -> tuple[Path | None, str | None]:
-    """The shared int8 graph that ONNX Runtime and TVM build from, TFLite takes its biases from and the fallback
-    searches (static: NNCF's QDQ graph; dynamic: ORT's): (path, error)."""
+    """The shared int8 graph that ONNX Runtime and TVM build from, TFLite takes its biases from, OpenVINO its
+    ranges and first-layer bits, and the fallback searches (static: NNCF's QDQ graph; dynamic: ORT's):
+    (path, error)."""
     store, calib_digest, scratch = shared
     name = "model_int8_dynamic.onnx" if mode == "dynamic" else "model_int8_qdq.onnx"
     parts = {"onnx": file_digest(fp32), "calib": calib_digest, "quant": asdict(quant), "mode": mode}
@@ -1033,7 +1034,7 @@ def _build(run: _BuildRun, backend: str, precision: str, fp32_too: bool) -> tupl
         precision = "fp32"
     ctx = BuildContext(
         onnx_fp32=run.onnx.path,
-        onnx_qdq=run.int8.path if (spec.int8_graph or spec.int8_biases) and precision == "int8" else None,
+        onnx_qdq=run.int8.path if spec.uses_int8_graph and precision == "int8" else None,
         precision=precision,
         target=run.target,
         calib=run.calib,

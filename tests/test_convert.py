@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from edgekit import ConvertOptions, convert
+from edgekit import ConvertOptions, convert, int8
 from edgekit.cli import app
 from edgekit.runtime.runner_main import load_build
 from edgekit.target import load_target
@@ -83,6 +83,10 @@ def test_every_backend_builds_runs_on_the_emulated_arm64_device_and_agrees(arm64
     ov = builds["openvino"]
     assert ov["executed"]["int8_compute_layers"] > 0 and "Convolution" in ov["runtime_precisions"]
     assert sum(ov["runtime_precisions"]["Convolution"].values()) >= 2
+    # OpenVINO quantizes its own IR with the range estimator the shared int8 graph chose.
+    method = int8.calib_method(out / "onnx" / "model_int8_qdq.onnx")
+    ranges = {"minmax": "min/max", "entropy": "histogram (MSE)"}[method]
+    assert f"calibration: NNCF's {ranges} ranges, as the shared int8 graph chose them" in ov["notes"], ov["notes"]
     tvm = out / "tvm_int8"
     manifest = json.loads((tvm / "build.json").read_text())
     assert _elf_machine(tvm / manifest["artifacts"]["aarch64"]) == ELF_MACHINE["aarch64"]

@@ -8,12 +8,17 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, numpy_helper
 
-from edgekit import int8
+from edgekit import fallback, int8, metrics
 from edgekit.data import Dataset, TensorSpec
 from edgekit.errors import EdgekitError
 from edgekit.onnx_hub import QuantConfig, export_onnx
 from edgekit.source import SourceModel
 from tests.conftest import N_TRAIN
+
+
+def _cosine(reference: list[np.ndarray], graph, feeds: list[dict]) -> float:
+    """The worst output's mean cosine of the QDQ graph as written, as the quantizer scores its candidates."""
+    return float(metrics.compare(reference, fallback.simulated_outputs(onnx.load(str(graph)), feeds))["cosine"])
 
 
 def _exact(path, x: np.ndarray) -> np.ndarray:
@@ -65,6 +70,25 @@ def test_nncf_graph_says_how_it_was_made_and_keeps_digits_accuracy(graphs, digit
     stem = next(n for n in model.graph.node if n.op_type == "Conv")
     assert (np.abs(numpy_helper.to_array(inits[producers[stem.input[1]].input[0]])).max() > 64) == (bits == 8)
     assert int8.first_layer_bits(graphs["ort"]) is None
+    method = int8.calib_method(graphs["nncf"])
+    assert method in ("minmax", "entropy") and f"{method} calibration" in how and "calibration set" in how
+    assert int8.calib_method(graphs["ort"]) is None
+
+
+def test_auto_calibration_keeps_the_closest_of_the_range_estimators(graphs, digits, tmp_path):
+    """``auto`` tries NNCF's min/max and histogram ranges; an explicit method is used as asked."""
+    calib = Dataset({"input": digits[0][:128]}, None, "digits")
+    feeds = [calib.sample(i) for i in range(len(calib))]
+    reference = fallback.simulated_outputs(onnx.load(str(graphs["fp32"])), feeds)
+    cosine = {}
+    for method in ("minmax", "entropy"):
+        out = int8.quantize_static(
+            graphs["fp32"], tmp_path / f"{method}.onnx", calib, tmp_path, QuantConfig(method=method), lambda n: None
+        )
+        assert int8.calib_method(out) == method and f"{method} calibration" in int8.quantizer(out)[0]
+        cosine[method] = _cosine(reference, out, feeds)
+    cosine["auto"] = _cosine(reference, graphs["nncf"], feeds)
+    assert cosine["auto"] >= max(cosine["minmax"], cosine["entropy"]) - 1e-6, cosine
 
 
 def test_u8u8_rewrite_gives_exactly_the_same_numbers(graphs, digits, tmp_path):

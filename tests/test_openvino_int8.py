@@ -11,6 +11,7 @@ from edgekit.converters.base import BuildContext
 from edgekit.converters.openvino import build as ov_build
 from onnx import TensorProto, helper
 
+from edgekit import int8
 from edgekit.data import Dataset, TensorSpec
 from edgekit.onnx_hub import export_onnx
 from edgekit.source import SourceModel
@@ -55,13 +56,42 @@ def _quantized_inputs(ir) -> dict[str, bool]:
     return dict(zip(("stem", "expand", "depthwise", "project"), quantized, strict=True))
 
 
-def _build(block, target: str, name: str) -> tuple[dict[str, bool], list[str]]:
+def _build(block, target: str, name: str, shared=None) -> tuple[dict[str, bool], list[str]]:
     root, fp32, spec, calib = block
     out = root / name
     out.mkdir()
-    ctx = BuildContext(fp32, None, "int8", load_target(target), calib, [spec], [], out, root)
+    ctx = BuildContext(fp32, shared, "int8", load_target(target), calib, [spec], [], out, root)
     result = get_converter("openvino").build(ctx)
     return _quantized_inputs(out / result.artifacts["model"]), result.notes
+
+
+def _stem_weights(xml) -> int:
+    """The largest stored int8 weight of the first convolution (7-bit weights: at most 63)."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(xml))
+    stem = next(op for op in model.get_ordered_ops() if op.get_type_name() == "Convolution")
+    stack = [stem.input_value(1).get_node()]
+    while stack:
+        node = stack.pop()
+        if node.get_type_name() == "Constant" and node.get_element_type() == ov.Type.i8:
+            return int(np.abs(node.get_data().astype(int)).max())
+        stack += [v.get_node() for v in node.input_values()]
+    raise AssertionError("no int8 weights")
+
+
+@pytest.mark.parametrize(
+    ("bits", "method", "ranges"), [("8", "minmax", "min/max"), ("7", "entropy", "histogram (MSE)")]
+)
+def test_openvino_takes_the_shared_graphs_ranges_and_first_layer_bits(block, bits, method, ranges):
+    root, fp32, _, _ = block
+    model = onnx.load(str(fp32))
+    onnx.helper.set_model_props(model, {int8.FIRST_LAYER_KEY: bits, int8.METHOD_KEY: method})
+    shared = root / f"shared_{bits}.onnx"
+    onnx.save(model, str(shared))  # only its metadata is read
+    _, notes = _build(block, "arm64", f"shared_{bits}", shared)
+    assert f"calibration: NNCF's {ranges} ranges, as the shared int8 graph chose them" in notes, notes
+    assert _stem_weights(root / f"shared_{bits}" / "model_int8.xml") == {"8": 127, "7": 63}[bits]
 
 
 def test_arm_leaves_depthwise_convolutions_float_and_quantizes_the_rest(block):

@@ -10,6 +10,7 @@ SPEC = BackendSpec(
     runtime_modules=("openvino",),
     runtime_package="openvino==2026.4.1",
     libraries=("openvino", "nncf"),
+    int8_choices=True,
     cannot_run={"armv7l": "OpenVINO ships no armv7 runtime"},
     color="#9467bd",
 )

@@ -13,7 +13,7 @@ from edgekit.converters.base import BuildContext, BuildResult, Converter, Refuse
 
 from edgekit.errors import one_line
 from edgekit.fallback import COMPUTE_OPS
-from edgekit.int8 import first_layer_bits, nncf_advanced, nncf_quantize
+from edgekit.int8 import calib_method, first_layer_bits, nncf_advanced, nncf_quantize
 from edgekit.onnx_hub import x86_without_vnni
 
 # The CPU plugin's compute layer types (its runtime model names them so; depthwise is a Convolution too).
@@ -69,10 +69,15 @@ class OpenVinoConverter(Converter):
                 types=list(ARM_FLOAT_TYPES) if arm else [],
                 validate=False,
             )
-            settings = replace(ctx.quant, quantizer="nncf")
-            # The first layer's weight bits as the shared graph chose them (the closer to the original).
+            # The range estimator and the first layer's weight bits as the shared graph chose them (the closest to
+            # the original); min/max where the shared graph was not made by NNCF and none was asked for.
+            method = ctx.quant.method if ctx.quant.method != "auto" else calib_method(ctx.onnx_qdq) or "minmax"
+            settings = replace(ctx.quant, quantizer="nncf", method=method)
             seven = first_layer_bits(ctx.onnx_qdq) == 7
             advanced, note = nncf_advanced(settings, overflow_everywhere=overflow, first_layer_7bit=seven)
+            if ctx.quant.method == "auto":
+                ranges = {"minmax": "min/max", "entropy": "histogram (MSE)"}[method]
+                note = f"calibration: NNCF's {ranges} ranges, as the shared int8 graph chose them"
             model = nncf_quantize(model, feeds, settings, advanced, ignored)
             if ctx.float_nodes:
                 notes.append(f"accuracy fallback: {len(ctx.float_nodes)} layer(s) kept in float (NNCF ignored scope)")

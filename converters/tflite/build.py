@@ -65,7 +65,7 @@ class TfliteConverter(Converter):
                 f"full-integer int8 (int8 inputs/outputs), {weights} weights, min/max calibration on "
                 f"{len(ctx.calib)} samples, asymmetric activations (onnx2tf/TFLiteConverter){corrected}"
             )
-            if ctx.quant.method != "minmax" or ctx.quant.symmetric_activations:
+            if ctx.quant.method not in ("auto", "minmax") or ctx.quant.symmetric_activations:
                 notes.append(
                     f"asked for {ctx.quant.describe()}: the TFLite converter offers only min/max calibration "
                     "with asymmetric int8 activations"
