@@ -33,8 +33,8 @@ from edgekit.onnx_hub import QuantConfig, x86_without_vnni
 
 SETTINGS = {
     "ORT quantize_static (before)": QuantConfig(quantizer="ort"),
-    "NNCF, no bias correction": QuantConfig(bias_correction="none"),
-    "NNCF, fast bias correction": QuantConfig(bias_correction="fast"),
+    "NNCF, no bias correction (auto ranges)": QuantConfig(bias_correction="none"),
+    "NNCF, fast bias correction (auto ranges)": QuantConfig(bias_correction="fast"),
     "NNCF, full bias correction, min/max ranges (--calib-method minmax, the default before)": QuantConfig(
         method="minmax"
     ),

@@ -47,10 +47,10 @@ class BackendSpec:
     color: str = "#7f7f7f"  # its colour in report plots
     folder: Path | None = None  # set by the registry
 
-    @property
-    def uses_int8_graph(self) -> bool:
-        """Its int8 builds need the shared int8 graph: to build from, or for its biases or calibration choices."""
-        return self.int8_graph or self.int8_biases or self.int8_choices
+    def uses_int8_graph(self, mode: str) -> bool:
+        """Its ``mode`` (static/dynamic) int8 builds need the shared int8 graph: to build from, or for its biases or
+        its calibration choices (made for static int8 only)."""
+        return self.int8_graph or self.int8_biases or (self.int8_choices and mode == "static")
 
     @property
     def runtime_file(self) -> Path:

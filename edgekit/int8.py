@@ -129,16 +129,22 @@ def _quantize_nncf(fp32: Path, calib: Dataset, quant: QuantConfig) -> tuple:
     feeds = [calib.sample(i) for i in range(len(calib))]
     reference = simulated_outputs(onnx.load(str(fp32)), feeds)
     methods = ("minmax", "entropy") if quant.method == "auto" else (quant.method,)
-    best = None
+    best, error = None, None
     for method in methods:
         settings = replace(quant, method=method)
         for seven in (False, True):
             advanced, _ = nncf_advanced(settings, first_layer_7bit=seven)
-            model = nncf_quantize(onnx.load(str(fp32)), feeds, settings, advanced)
+            try:
+                model = nncf_quantize(onnx.load(str(fp32)), feeds, settings, advanced)
+            except Exception as exc:  # one estimator failing on a graph leaves the others
+                error = exc
+                continue
             score = compare(reference, simulated_outputs(model, feeds))["cosine"]
             score = -1.0 if np.isnan(score) else score
             if best is None or score > best[0]:
                 best = (score, model, method, 7 if seven else 8)
+    if best is None:
+        raise error
     return best[1:]
 
 

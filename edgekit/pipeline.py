@@ -678,7 +678,7 @@ def _quantize(
     int8 = Int8Graph(onnx_hub.int8_mode(onnx.path, specs, opts.quant))
     if "int8" not in precisions:
         return int8
-    if any(backend_spec(b).uses_int8_graph for b in backends) or budget is not None:
+    if any(backend_spec(b).uses_int8_graph(int8.mode) for b in backends) or budget is not None:
         folder = onnx.path.parent
         int8.path, int8.error = _shared_int8_graph(onnx.path, folder, calib, opts.quant, int8.mode, shared, log)
     else:
@@ -1034,7 +1034,7 @@ def _build(run: _BuildRun, backend: str, precision: str, fp32_too: bool) -> tupl
         precision = "fp32"
     ctx = BuildContext(
         onnx_fp32=run.onnx.path,
-        onnx_qdq=run.int8.path if spec.uses_int8_graph and precision == "int8" else None,
+        onnx_qdq=run.int8.path if spec.uses_int8_graph(run.int8.mode) and precision == "int8" else None,
         precision=precision,
         target=run.target,
         calib=run.calib,

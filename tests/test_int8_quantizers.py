@@ -75,9 +75,19 @@ def test_nncf_graph_says_how_it_was_made_and_keeps_digits_accuracy(graphs, digit
     assert int8.calib_method(graphs["ort"]) is None
 
 
-def test_auto_calibration_keeps_the_closest_of_the_range_estimators(graphs, digits, tmp_path):
+def test_auto_calibration_keeps_the_closest_of_the_range_estimators(graphs, digits, tmp_path, monkeypatch):
     """``auto`` tries NNCF's min/max and histogram ranges; an explicit method is used as asked."""
     calib = Dataset({"input": digits[0][:128]}, None, "digits")
+    tried, quantize = [], int8.nncf_quantize
+
+    def spy(model, feeds, quant, advanced, ignored=None):
+        tried.append(quant.method)
+        return quantize(model, feeds, quant, advanced, ignored)
+
+    monkeypatch.setattr(int8, "nncf_quantize", spy)
+    int8.quantize_static(graphs["fp32"], tmp_path / "auto.onnx", calib, tmp_path, QuantConfig(), lambda n: None)
+    assert sorted(tried) == ["entropy", "entropy", "minmax", "minmax"]  # each with 8- and 7-bit first-layer weights
+    tried.clear()
     feeds = [calib.sample(i) for i in range(len(calib))]
     reference = fallback.simulated_outputs(onnx.load(str(graphs["fp32"])), feeds)
     cosine = {}
@@ -86,6 +96,8 @@ def test_auto_calibration_keeps_the_closest_of_the_range_estimators(graphs, digi
             graphs["fp32"], tmp_path / f"{method}.onnx", calib, tmp_path, QuantConfig(method=method), lambda n: None
         )
         assert int8.calib_method(out) == method and f"{method} calibration" in int8.quantizer(out)[0]
+        assert tried == [method, method]
+        tried.clear()
         cosine[method] = _cosine(reference, out, feeds)
     cosine["auto"] = _cosine(reference, graphs["nncf"], feeds)
     assert cosine["auto"] >= max(cosine["minmax"], cosine["entropy"]) - 1e-6, cosine
@@ -188,6 +200,20 @@ def test_corrected_biases_are_carried_into_the_float_graph(graphs, digits, tmp_p
     assert all(np.array_equal(before[k], after[k]) for k in before if k not in {n.input[2] for n in changed})
     # The ORT graph has no float biases to take: nothing changes.
     assert int8.with_corrected_biases(graphs["fp32"], graphs["ort"], tmp_path / "same.onnx") == 0
+
+
+def test_auto_calibration_goes_on_when_one_estimator_fails(graphs, digits, tmp_path, monkeypatch):
+    quantize = int8.nncf_quantize
+
+    def no_histograms(model, feeds, quant, advanced, ignored=None):
+        if quant.method == "entropy":
+            raise RuntimeError("histogram collector failed")
+        return quantize(model, feeds, quant, advanced, ignored)
+
+    monkeypatch.setattr(int8, "nncf_quantize", no_histograms)
+    calib = Dataset({"input": digits[0][:32]}, None, "digits")
+    out = int8.quantize_static(graphs["fp32"], tmp_path / "q.onnx", calib, tmp_path, QuantConfig(), lambda n: None)
+    assert int8.calib_method(out) == "minmax" and int8.quantizer(out)[0].startswith("NNCF post-training")
 
 
 def test_nncf_failure_falls_back_to_ort_and_says_so(graphs, digits, tmp_path, monkeypatch):

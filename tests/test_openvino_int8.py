@@ -56,13 +56,13 @@ def _quantized_inputs(ir) -> dict[str, bool]:
     return dict(zip(("stem", "expand", "depthwise", "project"), quantized, strict=True))
 
 
-def _build(block, target: str, name: str, shared=None) -> tuple[dict[str, bool], list[str]]:
+def _build(block, target: str, name: str, shared=None) -> tuple[dict[str, bool], list[str], str]:
     root, fp32, spec, calib = block
     out = root / name
     out.mkdir()
     ctx = BuildContext(fp32, shared, "int8", load_target(target), calib, [spec], [], out, root)
     result = get_converter("openvino").build(ctx)
-    return _quantized_inputs(out / result.artifacts["model"]), result.notes
+    return _quantized_inputs(out / result.artifacts["model"]), result.notes, result.quantization
 
 
 def _stem_weights(xml) -> int:
@@ -89,20 +89,21 @@ def test_openvino_takes_the_shared_graphs_ranges_and_first_layer_bits(block, bit
     onnx.helper.set_model_props(model, {int8.FIRST_LAYER_KEY: bits, int8.METHOD_KEY: method})
     shared = root / f"shared_{bits}.onnx"
     onnx.save(model, str(shared))  # only its metadata is read
-    _, notes = _build(block, "arm64", f"shared_{bits}", shared)
+    _, notes, quantization = _build(block, "arm64", f"shared_{bits}", shared)
     assert f"calibration: NNCF's {ranges} ranges, as the shared int8 graph chose them" in notes, notes
+    assert f"{method} calibration" in quantization, quantization
     assert _stem_weights(root / f"shared_{bits}" / "model_int8.xml") == {"8": 127, "7": 63}[bits]
 
 
 def test_arm_leaves_depthwise_convolutions_float_and_quantizes_the_rest(block):
-    quantized, notes = _build(block, "arm64", "arm")
+    quantized, notes, _ = _build(block, "arm64", "arm")
     assert quantized == {"stem": True, "expand": True, "depthwise": False, "project": True}
     assert any("depthwise convolutions" in n for n in notes), notes
 
 
 def test_x86_without_vnni_keeps_the_input_layer_float(block, monkeypatch):
     monkeypatch.setattr(ov_build, "x86_without_vnni", lambda: True)
-    quantized, notes = _build(block, "host", "x86")
+    quantized, notes, _ = _build(block, "host", "x86")
     assert quantized == {"stem": False, "expand": True, "depthwise": True, "project": True}
     assert any("7-bit weights" in n and "1 fed by the model's inputs" in n for n in notes), notes
 
@@ -131,3 +132,10 @@ def test_input_layers_are_found_past_normalisation_and_layout_ops(tmp_path):
     )
     onnx.save(helper.make_model(graph), str(tmp_path / "g.onnx"))
     assert ov_build._input_layers(tmp_path / "g.onnx") == ["first_conv", "first_matmul"]
+
+
+def test_openvino_asks_for_the_shared_graph_only_for_static_int8():
+    from edgekit.converters import backend_spec
+
+    spec = backend_spec("openvino")
+    assert spec.uses_int8_graph("static") and not spec.uses_int8_graph("dynamic")

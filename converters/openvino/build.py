@@ -71,13 +71,15 @@ class OpenVinoConverter(Converter):
             )
             # The range estimator and the first layer's weight bits as the shared graph chose them (the closest to
             # the original); min/max where the shared graph was not made by NNCF and none was asked for.
-            method = ctx.quant.method if ctx.quant.method != "auto" else calib_method(ctx.onnx_qdq) or "minmax"
+            chosen = calib_method(ctx.onnx_qdq)
+            method = ctx.quant.method if ctx.quant.method != "auto" else chosen or "minmax"
             settings = replace(ctx.quant, quantizer="nncf", method=method)
             seven = first_layer_bits(ctx.onnx_qdq) == 7
             advanced, note = nncf_advanced(settings, overflow_everywhere=overflow, first_layer_7bit=seven)
             if ctx.quant.method == "auto":
                 ranges = {"minmax": "min/max", "entropy": "histogram (MSE)"}[method]
-                note = f"calibration: NNCF's {ranges} ranges, as the shared int8 graph chose them"
+                why = "as the shared int8 graph chose them" if chosen else "the shared int8 graph was not made by NNCF"
+                note = f"calibration: NNCF's {ranges} ranges, {why}"
             model = nncf_quantize(model, feeds, settings, advanced, ignored)
             if ctx.float_nodes:
                 notes.append(f"accuracy fallback: {len(ctx.float_nodes)} layer(s) kept in float (NNCF ignored scope)")
