@@ -28,6 +28,7 @@ def _files(folder):
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow  # about 45 s: two full conversions (keeps the default suite under 15 min)
 def test_an_unchanged_rerun_reuses_every_build_and_rechecks_it(cnn_case, digits, tmp_path, cache_root):
     # TFLite first: onnx2tf rewrites its input file, and must not touch the graph the others are built from.
     opts = cnn_options(cnn_case, target="host", backends=("tflite", "onnxruntime"), precisions=("int8",))

@@ -183,6 +183,7 @@ def test_one_failing_backend_does_not_sink_the_others(tmp_path, cnn_case):
     assert not (tmp_path / "o" / "tvm_fp32").exists()
 
 
+@pytest.mark.slow  # about a minute: three sources converted and checked (keeps the default suite under 15 min)
 def test_onnx_torchscript_and_export_sources(tmp_path, cnn_case):
     model, x = cnn_case["model"], torch.zeros(1, 1, 8, 8)
     torch.onnx.export(model, (x,), str(tmp_path / "m.onnx"), input_names=["pixels"], dynamo=True)

@@ -75,6 +75,7 @@ def flat_cnn(tmp_path_factory, digits) -> dict:
     return {"weights": path}
 
 
+@pytest.mark.slow  # about 35 s: hls4ml project and C simulation (keeps the default suite under 15 min)
 def test_fpga_target_hls_project_and_csim_accuracy(cnn_case, flat_cnn, tmp_path):
     report = convert(
         cnn_options(
