@@ -98,7 +98,8 @@ def test_openvino_takes_the_shared_graphs_ranges_and_first_layer_bits(block, bit
 def test_arm_leaves_depthwise_convolutions_float_and_quantizes_the_rest(block):
     quantized, notes, _ = _build(block, "arm64", "arm")
     assert quantized == {"stem": True, "expand": True, "depthwise": False, "project": True}
-    assert any("depthwise convolutions" in n for n in notes), notes
+    # Stem, expand, depthwise and project convolutions and the classifier: one of five never runs in int8 there.
+    assert any("1 of the 5 compute layers are depthwise convolutions" in n and "at most 4 can" in n for n in notes)
 
 
 def test_x86_without_vnni_keeps_the_input_layer_float(block, monkeypatch):

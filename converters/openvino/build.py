@@ -94,12 +94,17 @@ class OpenVinoConverter(Converter):
                 notes.append(f"asked for --quantizer {ctx.quant.quantizer}: OpenVINO is quantized by NNCF")
             quant = f"static int8 (NNCF PTQ on the OpenVINO IR, {settings.describe()}, {len(feeds)} samples)"
             if arm:
+                kinds = [op.get_type_name() for op in model.get_ordered_ops()]
+                depthwise = kinds.count("GroupConvolution")
+                compute = depthwise + kinds.count("Convolution") + kinds.count("MatMul")
                 notes.append(
                     "OpenVINO's CPU plugin documents its quantized (u8/i8) primitives for x86-64 only: on Arm it "
                     "runs int8 where its Arm executors have int8 kernels and the rest in fp16/fp32 (see executed); "
-                    "depthwise convolutions, which it runs in float there, are left unquantized (quantizing them "
-                    "only added rounding and fake-quantize work: EfficientNet-Lite0 on an emulated Cortex-A76, "
-                    "3.1 s instead of 11.3 s per inference, cosine 0.986 instead of 0.983)"
+                    f"{depthwise} of the {compute} compute layers are depthwise convolutions, which its Arm "
+                    "low-precision pipeline never runs in int8 (GroupConvolutionTransformation is disabled there), so "
+                    f"at most {compute - depthwise} can; they are left unquantized (quantizing them only added "
+                    "rounding and fake-quantize work: EfficientNet-Lite0 on an emulated Cortex-A76, 3.1 s instead of "
+                    "11.3 s per inference, cosine 0.986 instead of 0.983)"
                 )
             if arm and not ctx.quant.symmetric_activations:
                 notes.append(

@@ -22,6 +22,7 @@ from edgekit.converters.base import (
     io_by_name,
     write_manifest,
 )
+from edgekit.converters.tvm.schedule import SCHEDULE_NOTE, apply_default_schedules, legalize
 from edgekit.converters.tvm.tune import TuneConfig, records_digest, tune_and_compile
 
 from edgekit.errors import one_line
@@ -47,14 +48,16 @@ def compile_library(
     work: Path | None = None,
 ) -> dict | None:
     """Import ``onnx_path`` with the Relax frontend, compile for ``target`` (tuned with MetaSchedule when
-    ``tune`` is given) and export a shared library; returns the tuning's account, if any."""
+    ``tune`` is given, edgekit's default CPU schedules for the rest) and export a shared library; returns
+    the tuning's account, if any."""
     import tvm
     from tvm.relax.frontend.onnx import from_onnx
 
     mod = from_onnx(onnx.load(str(onnx_path)), shape_dict=shapes, keep_params_in_input=False)
     stats = None
     if tune is None:
-        executable = tvm.compile(mod, target=tvm.target.Target(target))
+        tvm_target = tvm.target.Target(target)
+        executable = tvm.compile(apply_default_schedules(legalize(mod, tvm_target), tvm_target), target=tvm_target)
     else:
         executable, stats = tune_and_compile(mod, target, tune, cc, work or Path(path).parent)
     executable.export_library(str(path), **({"cc": cc} if cc else {}))
@@ -88,7 +91,7 @@ class TvmConverter(Converter):
         tune = TuneConfig.from_options(ctx.options)
         if tune is None:
             return None, (
-                "untuned: TVM's default schedules (no MetaSchedule tuning records; --tune N); latency is not TVM's best"
+                f"untuned: {SCHEDULE_NOTE}, no MetaSchedule tuning records (--tune N); latency is not TVM's best"
             )
         if not on_host and tune.tracker is None:
             return None, (
@@ -164,10 +167,10 @@ class TvmConverter(Converter):
             if t["searched"]
             else "no search needed"
         )
-        left = f"; {t['untuned']} without a record keep default schedules" if t["untuned"] else ""
+        left = f"; {t['untuned']} without a record get {SCHEDULE_NOTE}" if t["untuned"] else ""
         if t.get("stopped_at_budget"):
             left += " (the search stopped at its time budget, --tune-minutes: convert again to go on)"
-        twin = "" if on_host else "; the host library is untuned"
+        twin = "" if on_host else f"; the host library is untuned ({SCHEDULE_NOTE})"
         return (
             f"tuned with MetaSchedule: {t['workloads']} workloads, {t['from_records']} from the records, {searched}"
             f"{left}{twin}; records: {t['records']}"

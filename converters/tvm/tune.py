@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgekit.converters.tvm.schedule import apply_default_schedules, legalize
+
 DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
 EXHAUSTED = "exhausted_workloads.json"  # edgekit's list of the workloads whose search space ran out
 DEFAULT_MINUTES = 20.0  # the search's time budget without --tune-minutes (also added to the build's time limit)
@@ -258,10 +260,7 @@ def tune_and_compile(mod, target: dict, config: TuneConfig, cc: str | None, work
 
     tvm_target = tvm.target.Target(config.target(target))
     folder = config.folder(target)
-    mod = relax.transform.DecomposeOpsForInference()(mod)
-    mod = relax.transform.CanonicalizeBindings()(mod)
-    with tvm_target:
-        mod = relax.get_pipeline("zero")(mod)  # legalized and fused: the workloads the records are keyed by
+    mod = legalize(mod, tvm_target)  # legalized and fused: the workloads the records are keyed by
     tasks = extract_tasks(mod, tvm_target)
     with _locked(folder):
         database = ms.database.JSONDatabase(work_dir=str(folder))
@@ -275,7 +274,7 @@ def tune_and_compile(mod, target: dict, config: TuneConfig, cc: str | None, work
         with tvm_target, database:
             mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
         untuned = sum(database.query_tuning_record(t.dispatched[0], tvm_target, t.task_name) is None for t in tasks)
-    executable = tvm.compile(mod, target=tvm_target)
+    executable = tvm.compile(apply_default_schedules(mod, tvm_target), target=tvm_target)
     stats = {
         "workloads": len(tasks),
         "from_records": len(tasks) - len(left),
