@@ -38,3 +38,34 @@ def test_default_schedule_parallelises_and_vectorises_every_convolution(cnn_case
         out = vm["main"](tvm.runtime.tensor(x))
         got = (out if hasattr(out, "numpy") else out[0]).numpy()
         np.testing.assert_allclose(got, session.run(None, {"input": x})[0], rtol=1e-4, atol=1e-4)
+
+
+def test_relu6_is_fused_into_nhwc_convolutions_and_every_kernel_has_a_tuning_space(tmp_path):
+    """ReLU6 is ONNX Clip with its bounds as inputs. The frontend NaN-checks the bounds (folded when lowering,
+    or MetaSchedule cannot tile the convolution kernels) and clips with opaque TIR calls (rewritten as Relax
+    ops, or the NHWC layout wraps each in transposes and keeps it out of its convolution)."""
+    from edgekit.converters.tvm.tune import _cpu_tensor_intrinsics
+    from tvm.s_tir.meta_schedule.relax_integration import extract_tasks, extracted_tasks_to_tune_contexts
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU6(), torch.nn.Conv2d(8, 4, 1), torch.nn.ReLU6()
+    ).eval()
+    source = tmp_path / "relu6.onnx"
+    x = torch.rand(1, 3, 16, 16) * 4 - 2
+    torch.onnx.export(model, (x,), str(source), input_names=["x"], opset_version=13, dynamo=False)
+    assert [n.op_type for n in onnx.load(str(source)).graph.node].count("Clip") == 2
+    target = tvm.target.Target({**host_target(), "num-cores": 2})
+    mod = legalize(from_onnx(onnx.load(str(source)), keep_params_in_input=False), target)
+    assert "isnan" not in mod.script(show_meta=False)
+    kernels = [gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)]
+    convs = [k for k in kernels if "conv2d" in k]
+    assert len(convs) == 2 and all("maximum" in k and "minimum" in k for k in convs), kernels
+    assert sorted(kernels) == sorted([*convs, "transpose", "transpose1"]), kernels  # NHWC inside: 2 transposes
+    tasks = [t for t in extract_tasks(mod, target) if "conv2d" in t.task_name]
+    _cpu_tensor_intrinsics()
+    contexts, _ = extracted_tasks_to_tune_contexts(tasks, str(tmp_path / "logs"))
+    assert all(context.generate_design_space() for context in contexts)
+
+    vm = relax.VirtualMachine(tvm.compile(apply_default_schedules(mod, target), target=target), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x.numpy())).numpy()
+    np.testing.assert_allclose(got, model(x).detach().numpy(), rtol=1e-5, atol=1e-5)
