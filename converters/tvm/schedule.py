@@ -9,8 +9,8 @@ spatial loop last, vectorised to the target's SIMD width — the loop order that
 accumulate a vector of outputs per weight. (dlight's own CPU ``Reduction`` rule takes a convolution
 with its bias for a softmax and keeps it on one thread: 560 ms against 64 ms.) Tuned records always
 take precedence. Convolutions run in NHWC (channels innermost, the loop these schedules and MetaSchedule
-vectorise): EfficientNet-Lite0 untuned 63 → 29 ms on a 2-core AVX2 host; in NCHW the innermost loop of a
-7×7 feature map is 7 wide.
+vectorise): EfficientNet-Lite0 untuned 63 → 29 ms on a 2-core AVX2 host (one process, timed alone); in
+NCHW the innermost loop of a 7×7 feature map is 7 wide.
 """
 
 from __future__ import annotations
@@ -102,8 +102,8 @@ def clips_as_relax_ops(mod):
     def relax_op(kernel, args):
         if any(getattr(a.ty, "shape", None) is None or not hasattr(a.ty.shape, "values") for a in args):
             return None
+        a, b = (te.placeholder(list(arg.ty.shape.values), arg.ty.dtype) for arg in args)
         for te_op, op in ops:
-            a, b = (te.placeholder(list(arg.ty.shape.values), arg.ty.dtype) for arg in args)
             if tvm_ffi.structural_equal(kernel.body, te.create_prim_func([a, b, te_op(a, b)]).body, map_free_vars=True):
                 return op
         return None
