@@ -95,8 +95,8 @@ class OpenVinoConverter(Converter):
             quant = f"static int8 (NNCF PTQ on the OpenVINO IR, {settings.describe()}, {len(feeds)} samples)"
             if arm:
                 kinds = [op.get_type_name() for op in model.get_ordered_ops()]
-                depthwise = kinds.count("GroupConvolution")
-                compute = depthwise + kinds.count("Convolution") + kinds.count("MatMul")
+                depthwise = sum(kind in ARM_FLOAT_TYPES for kind in kinds)
+                compute = sum(kind in COMPUTE_LAYERS for kind in kinds)
                 notes.append(
                     "OpenVINO's CPU plugin documents its quantized (u8/i8) primitives for x86-64 only: on Arm it "
                     "runs int8 where its Arm executors have int8 kernels and the rest in fp16/fp32 (see executed); "
