@@ -49,7 +49,13 @@ def _convert(
 ) -> tuple[dict, float]:
     t0 = time.perf_counter()
     options = demo_options(
-        args.target, out, not args.bundled, precisions=(precision,), backends=backends, device="host", quant=quant
+        args.target,
+        out,
+        "crops" if args.bundled else "photos",
+        precisions=(precision,),
+        backends=backends,
+        device="host",
+        quant=quant,
     )
     report = convert(replace(options, runs=5, cache=False), log=lambda message: None)  # conversion time as such
     return report, time.perf_counter() - t0
@@ -89,7 +95,7 @@ def main() -> None:
                 rows.append(row)
                 if b["status"] == "ok":
                     builds.append((f"{setting}|{b['backend']}", Path(tmp) / f"s{i}" / f"{b['backend']}_int8"))
-        options = demo_options(args.target)
+        options = demo_options(args.target, held_out="crops")
         data = load_dataset(options.calib, [TensorSpec("input", (1, 3, 224, 224), "float32")], options.image)
         image = next(iter(data.sample(len(data) - 1).values()))
         p50 = interleaved(builds, image, args.rounds, args.block)

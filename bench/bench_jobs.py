@@ -32,7 +32,7 @@ def main() -> None:
     for jobs in (1, 2):
         with tempfile.TemporaryDirectory() as tmp:
             opts = demo_options(
-                args.target, Path(tmp) / "b", jobs=jobs, cache=False, device="host", runs=args.runs,
+                args.target, Path(tmp) / "b", "crops", jobs=jobs, cache=False, device="host", runs=args.runs,
                 precisions=("fp32", "int8"),
             )  # fmt: skip
             t0 = time.perf_counter()

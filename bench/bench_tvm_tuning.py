@@ -29,7 +29,16 @@ from edgekit.demo import demo_options
 
 def _conversion(name: str, tmp: Path, backends: tuple[str, ...], **tune) -> dict:
     opts = demo_options(
-        "host", tmp / name, device="host", runs=5, cache=False, precisions=("fp32",), backends=backends, jobs=1, **tune
+        "host",
+        tmp / name,
+        "crops",
+        device="host",
+        runs=5,
+        cache=False,
+        precisions=("fp32",),
+        backends=backends,
+        jobs=1,
+        **tune,
     )
     t0 = time.perf_counter()
     report = convert(opts)
@@ -70,7 +79,7 @@ def main() -> None:
             _conversion("tuned", tmp, ("tvm",), **tune),
             _conversion("from records", tmp, ("tvm",), **{**tune, "tune_minutes": 1 / 60}),
         ]
-        options = demo_options("host")
+        options = demo_options("host", held_out="crops")
         data = load_dataset(options.calib, [TensorSpec("input", (1, 3, 224, 224), "float32")], options.image)
         image = next(iter(data.sample(len(data) - 1).values()))
         builds = [("ort", tmp / "untuned" / "onnxruntime_fp32")]

@@ -533,15 +533,25 @@ def demo(
     precision: Annotated[str | None, typer.Option(help="fp32|fp16|int8, comma-separated")] = None,
     device: Annotated[str | None, typer.Option(help="host | emulated; default from target")] = None,
     runs: Annotated[int, typer.Option(help="timed runs per build")] = 50,
-    eval_photos: Annotated[
-        bool, typer.Option(help="judge on the 240 prepared photos (`edgekit photos prepare`), not the bundled crops")
-    ] = False,
+    held_out: Annotated[
+        str,
+        typer.Option(
+            help="auto: the 240 prepared photos (`edgekit photos prepare`) when there, else the bundled crops | "
+            "photos | crops"
+        ),
+    ] = "auto",
 ) -> None:
-    """Run the whole pipeline on the bundled EfficientNet-Lite0 (ImageNet weights) and bundled real photos."""
-    from edgekit.demo import demo_options
+    """Run the whole pipeline on the bundled EfficientNet-Lite0 (ImageNet weights) and real photos."""
+    from edgekit.demo import demo_options, held_out_photos
 
     with _guarded():
-        opts = demo_options(target, out, precisions=_csv(precision), device=device, runs=runs, eval_photos=eval_photos)
+        if held_out == "auto" and not held_out_photos(held_out):
+            err.print(
+                "held out: 66 ten-crops of 7 bundled photos (mostly near-ties); `edgekit photos prepare` once gives "
+                "the 240-photo set",
+                highlight=False,
+            )
+        opts = demo_options(target, out, held_out, precisions=_csv(precision), device=device, runs=runs)
     _execute(opts)
 
 
@@ -784,7 +794,7 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="print the check
 def photos(
     action: Annotated[str, typer.Argument(help="prepare: fetch (or find) the held-out photo set")],
 ) -> None:
-    """The held-out photo set of `edgekit demo --eval-photos` and the benchmarks (cached; licences beside it)."""
+    """The held-out photo set of `edgekit demo` and the benchmarks (cached; licences beside it)."""
     from edgekit.photos import prepare
 
     if action != "prepare":

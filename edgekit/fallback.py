@@ -1,17 +1,19 @@
 """Accuracy budget for int8: find the layers whose quantization costs the most and keep the fewest in float.
 
-Sensitivity is measured on the calibration data against the fp32 graph (never on the held-out data,
-which stays for the final check): each quantized compute node (Conv, Gemm, MatMul) is put back in
-float alone in the QDQ graph — its weights are dequantized and its activation input and output
-bypass their Quantize/DequantizeLinear pairs — and the gain in agreement with fp32 is that node's
-sensitivity.
-Nodes are then returned to float in order of sensitivity until the budget is met.
+Everything is measured on the calibration data against the fp32 graph (never on the held-out data, which
+stays for the final check). A shared graph made by NNCF goes to NNCF's own search,
+``quantize_with_accuracy_control``: it quantizes the fp32 graph with the same settings, ranks its quantizer
+groups by the agreement gained when each is removed, and removes them one by one until the budget is met.
+For another quantizer's graph (``--quantizer ort``) edgekit searches itself: each quantized compute node
+(Conv, Gemm, MatMul) is put back in float alone — its weights dequantized, its activation input and output
+bypassing their Quantize/DequantizeLinear pairs — and nodes return to float in order of the agreement they
+gain. Either way the result is a list of node names that every backend applies in its own way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,10 @@ import onnx
 from onnx import numpy_helper
 
 from edgekit.data import Dataset
+from edgekit.errors import one_line
+from edgekit.int8 import calib_method, quantizer
 from edgekit.metrics import agreement, compare
+from edgekit.onnx_hub import QuantConfig
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -97,7 +102,8 @@ class FallbackResult:
     cosine_before: float
     cosine_after: float
     met: bool
-    sensitivity: list[tuple[str, float]]
+    sensitivity: list[tuple[str, float]]  # edgekit's own search: each node's gain alone (NNCF's keeps none)
+    search: str  # who chose the nodes
 
 
 def simulated_outputs(model: onnx.ModelProto, feeds: list[dict]) -> list[np.ndarray]:
@@ -128,9 +134,11 @@ def find_fallback(
     log: Callable[[str], None] = lambda m: None,
     max_float: int = 12,
     task: tuple[int, bool] = (0, False),
+    quant: QuantConfig | None = None,
 ) -> FallbackResult:
     """Keep the fewest, most sensitive layers in float so that agreement with fp32 drops ≤ ``max_drop_points``
-    (agreement of the class output ``task``: its index and whether it is a named per-step output)."""
+    (agreement of the class output ``task``: its index and whether it is a named per-step output); ``quant``:
+    the settings the shared graph was made with."""
     import onnxruntime as ort
 
     feeds = [data.sample(i) for i in range(len(data))]
@@ -140,8 +148,38 @@ def find_fallback(
     model = onnx.load(str(qdq))
     base = _score(model, feeds, reference, task)
     floor = 1.0 - max_drop_points / 100.0
+    sensitivity: list[tuple[str, float]] = []
     if base["agreement"] >= floor:
-        return FallbackResult([], base["agreement"], base["agreement"], base["cosine"], base["cosine"], True, [])
+        kept, search = [], "none needed"
+    else:
+        kept, search = None, "edgekit's per-layer search"
+        if calib_method(qdq) is not None:
+            log("NNCF's accuracy control: ranking the int8 graph's quantizers on the calibration samples")
+            try:
+                kept = _nncf_search(fp32, qdq, feeds, reference, max_drop_points, max_float, task, quant)
+                search = "NNCF's quantize_with_accuracy_control"
+            except Exception as exc:  # NNCF's search fails on some graphs: edgekit's own still works
+                search += f" (NNCF's accuracy control failed: {one_line(exc, 120)})"
+        if kept is None:
+            kept, sensitivity = _own_search(model, feeds, reference, base, floor, max_float, task, log)
+    after = _score(float_nodes(model, set(kept)), feeds, reference, task) if kept else base
+    met = after["agreement"] >= floor
+    return FallbackResult(
+        kept, base["agreement"], after["agreement"], base["cosine"], after["cosine"], met, sensitivity, search
+    )
+
+
+def _own_search(
+    model: onnx.ModelProto,
+    feeds: list[dict],
+    reference: list[np.ndarray],
+    base: dict,
+    floor: float,
+    max_float: int,
+    task: tuple[int, bool],
+    log: Callable[[str], None],
+) -> tuple[list[str], list[tuple[str, float]]]:
+    """Each quantized compute node's agreement gained alone, then greedy forward selection in that order."""
     nodes = quantized_compute_nodes(model)
     log(f"measuring the int8 sensitivity of {len(nodes)} layers on {len(feeds)} calibration samples")
     sensitivity = []
@@ -150,8 +188,8 @@ def find_fallback(
         # Rank by agreement gained, then by cosine gained (agreement moves in coarse steps on few samples).
         sensitivity.append((name, s["agreement"] - base["agreement"] + (s["cosine"] - base["cosine"])))
     sensitivity.sort(key=lambda item: -item[1])
-    # Greedy forward selection in sensitivity order: a layer stays float only if it helps in combination with
-    # the layers already chosen, so a budget that cannot be met does not leave useless float layers behind.
+    # A layer stays float only if it helps in combination with the layers already chosen, so a budget that
+    # cannot be met does not leave useless float layers behind.
     kept: list[str] = []
     current = base
     for name, _ in sensitivity[:max_float]:
@@ -162,12 +200,56 @@ def find_fallback(
         current = trial
         if current["agreement"] >= floor:
             break
-    return FallbackResult(
-        kept,
-        base["agreement"],
-        current["agreement"],
-        base["cosine"],
-        current["cosine"],
-        current["agreement"] >= floor,
-        sensitivity,
-    )
+    return kept, sensitivity
+
+
+def _nncf_search(
+    fp32: Path,
+    qdq: Path,
+    feeds: list[dict],
+    reference: list[np.ndarray],
+    max_drop_points: float,
+    max_float: int,
+    task: tuple[int, bool],
+    quant: QuantConfig | None,
+) -> list[str]:
+    """The compute nodes of the shared graph ``qdq`` that NNCF's ``quantize_with_accuracy_control`` returns to
+    float, quantizing ``fp32`` with the shared graph's settings (range estimator, first-layer bits) and scoring
+    agreement with fp32 per calibration sample on the graph's arithmetic as written."""
+    import nncf
+
+    from edgekit.int8 import first_layer_bits, is_transformer, nncf_advanced, nncf_preset, nncf_quiet
+
+    def validate(model: onnx.ModelProto, indices) -> tuple[float, list[float]]:
+        outputs = simulated_outputs(model, [feeds[i] for i in indices])
+        per_sample = []
+        for k, i in enumerate(indices):
+            acc = compare([r[i : i + 1] for r in reference], [o[k : k + 1] for o in outputs], None, *task)
+            agreed = agreement(acc)[0]
+            per_sample.append(acc["cosine"] if agreed is None else agreed)
+        return float(np.mean(per_sample)), per_sample
+
+    biases = quantizer(qdq)[1] or "none"  # fast where full bias correction failed on the graph
+    settings = replace(quant or QuantConfig(), quantizer="nncf", method=calib_method(qdq), bias_correction=biases)
+    advanced, _ = nncf_advanced(settings, first_layer_7bit=first_layer_bits(qdq) == 7)
+    indices = nncf.Dataset(list(range(len(feeds))), lambda i: feeds[i])
+    with nncf_quiet():
+        result = nncf.quantize_with_accuracy_control(
+            onnx.load(str(fp32)),
+            indices,
+            indices,
+            validate,
+            max_drop=max_drop_points / 100.0,
+            drop_type=nncf.DropType.ABSOLUTE,
+            preset=nncf_preset(settings),
+            model_type=nncf.ModelType.TRANSFORMER if is_transformer(fp32) else None,
+            subset_size=len(feeds),
+            fast_bias_correction=settings.bias_correction != "full",
+            advanced_quantization_parameters=advanced,
+            # Each iteration returns one quantizer group (a layer and the quantizers it shares) to float.
+            advanced_accuracy_restorer_parameters=nncf.AdvancedAccuracyRestorerParameters(
+                max_num_iterations=max_float, num_ranking_workers=1
+            ),
+        )
+    still = set(quantized_compute_nodes(result))
+    return [name for name in quantized_compute_nodes(onnx.load(str(qdq))) if name not in still]

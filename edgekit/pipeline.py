@@ -685,7 +685,7 @@ def _quantize(
         log.done(WEIGHT_CALIBRATION)
     if int8.path is not None and budget is not None and int8.mode != "dynamic":
         with log.step("accuracy fallback: finding the int8-sensitive layers", WEIGHT_FALLBACK):
-            int8.fallback = _accuracy_fallback(onnx, int8.path, calib, budget, log, shared)
+            int8.fallback = _accuracy_fallback(onnx, int8.path, calib, budget, opts.quant, log, shared)
     elif budget is not None:
         if int8.path is not None:
             log("accuracy fallback skipped: it works on static (QDQ) graphs; the budget still gates the run")
@@ -884,7 +884,13 @@ def _shared_int8_graph(
 
 
 def _accuracy_fallback(
-    exported: CheckedOnnx, qdq: Path, calib: Dataset, budget: float, log: Log, cached: tuple[BuildCache, str, Path]
+    exported: CheckedOnnx,
+    qdq: Path,
+    calib: Dataset,
+    budget: float,
+    quant: onnx_hub.QuantConfig,
+    log: Log,
+    cached: tuple[BuildCache, str, Path],
 ) -> dict:
     """Keep the most int8-sensitive layers in float (chosen on calibration data) and rewrite the QDQ graph."""
     import onnx
@@ -901,7 +907,7 @@ def _accuracy_fallback(
         log("accuracy fallback reused from the cache")
         result = FallbackResult(**entry["result"])
     else:
-        result = find_fallback(fp32, qdq, calib, budget, log, task=exported.task)
+        result = find_fallback(fp32, qdq, calib, budget, log, task=exported.task, quant=quant)
         store.put(key, None, {"kind": "fallback", "result": asdict(result)})
     if result.kept_float:
         onnx.save(float_nodes(onnx.load(str(qdq)), set(result.kept_float)), str(qdq))
@@ -909,6 +915,7 @@ def _accuracy_fallback(
     return {
         "max_drop_points": budget,
         "chosen_on": f"{len(calib)} calibration samples, agreement with the fp32 graph",
+        "chosen_by": result.search,
         "kept_float": result.kept_float,
         "agreement_before": result.agreement_before,
         "agreement_after": result.agreement_after,

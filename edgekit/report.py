@@ -169,7 +169,8 @@ def markdown(report: dict) -> str:
         lines += [
             "## Accuracy fallback",
             "",
-            f"Budget {fb['max_drop_points']} pt; chosen on {fb['chosen_on']}: agreement "
+            f"Budget {fb['max_drop_points']} pt; chosen by {fb.get('chosen_by') or 'edgekit'} on "
+            f"{fb['chosen_on']}: agreement "
             f"{fb['agreement_before'] * 100:.1f}% → {fb['agreement_after'] * 100:.1f}%, cosine "
             f"{fb['cosine_before']:.4f} → {fb['cosine_after']:.4f}"
             f"{'' if fb['met_on_calibration'] else ' (budget NOT met on calibration data)'}. "

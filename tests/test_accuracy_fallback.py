@@ -5,9 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgekit import Budgets, ConvertOptions, convert
+from edgekit import Budgets, ConvertOptions, convert, int8
+from edgekit.data import Dataset, TensorSpec
+from edgekit.fallback import find_fallback
 from edgekit.models.small_cnn import SmallCNN
+from edgekit.onnx_hub import QuantConfig, export_onnx
 from edgekit.report import exit_code
+from edgekit.source import SourceModel
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +62,7 @@ def test_budget_keeps_the_fewest_sensitive_layers_in_float(tmp_path, outlier_wei
     report = _convert(tmp_path / "o", outlier_weights, cnn_case, 3.0)
     fb = report["accuracy_fallback"]
     assert fb["met_on_calibration"] and 1 <= len(fb["kept_float"]) < 4, fb  # not everything went back to float
+    assert fb["chosen_by"] == "NNCF's quantize_with_accuracy_control"  # the shared graph is NNCF's
     assert fb["agreement_after"] >= 0.97 > fb["agreement_before"]
     rows = {b["backend"]: b for b in report["builds"]}
     ort = rows["onnxruntime"]  # built from the QDQ graph with those layers in float
@@ -70,3 +75,20 @@ def test_budget_keeps_the_fewest_sensitive_layers_in_float(tmp_path, outlier_wei
     assert not rows["tflite"]["budget"]["passed"]
     assert exit_code(report) == 1
     assert "## Accuracy fallback" in (tmp_path / "o" / "report.md").read_text()
+
+
+def test_a_graph_not_made_by_nncf_gets_edgekits_own_search(tmp_path, outlier_weights, digits):
+    """``--quantizer ort``: NNCF's search would quantize anew with other settings, so edgekit ranks the ORT
+    graph's layers itself (each alone in float), then keeps the fewest that meet the budget."""
+    model = SmallCNN()
+    model.load_state_dict(torch.load(outlier_weights, weights_only=True))
+    source = SourceModel("pytorch", "outlier CNN", 0, module=model.eval(), input_names=["input"])
+    fp32 = export_onnx(source, [TensorSpec("input", (1, 1, 8, 8), "float32")], tmp_path / "fp32.onnx")
+    calib = Dataset({"input": digits[0][:128]}, None, "digits")
+    qdq = int8.quantize_static(
+        fp32, tmp_path / "ort.onnx", calib, tmp_path, QuantConfig(quantizer="ort"), lambda n: None
+    )
+    result = find_fallback(fp32, qdq, calib, 3.0)
+    assert result.search == "edgekit's per-layer search" and result.met, result
+    assert 1 <= len(result.kept_float) < 4 and result.agreement_after >= 0.97 > result.agreement_before
+    assert result.sensitivity[0][0] in result.kept_float  # the most sensitive layer went back first

@@ -8,14 +8,19 @@ import re
 import pytest
 from typer.testing import CliRunner
 
+from edgekit import convert
 from edgekit.cli import app
+from edgekit.demo import demo_options
+from edgekit.photos import photos_dir
 
 pytestmark = pytest.mark.slow
+INT8_BACKENDS = ("tflite", "onnxruntime", "openvino")
 
 
 def test_demo_arm64_int8_every_backend(tmp_path):
     out = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["demo", "--target", "arm64", "--out", str(out), "--runs", "20"])
+    args = ["demo", "--target", "arm64", "--out", str(out), "--runs", "20", "--held-out", "crops"]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["original"]["framework"] == "pytorch" and report["data"]["evaluation"]["samples"] == 66
@@ -51,3 +56,21 @@ def test_demo_arm64_int8_every_backend(tmp_path):
             assert row["executed"]["precision"] == "int8" and "kernels run on the device" in row["executed"]["source"]
     assert any(a.endswith(".aarch64-linux-gnu.so") for a in rows["tvm"]["artifacts"])
     assert re.search(r"\| openvino \| int8( \((mixed|float)\))? \|", (out / "report.md").read_text())
+
+
+def test_demo_int8_on_the_prepared_photos_matches_the_original(tmp_path):
+    """The demo's held-out photo set (240 photos of everyday scenes and objects): every int8 build agrees with the
+    original on ≥ 90 % of them at cosine ≥ 0.99 (measured on this AVX2 host without VNNI: TFLite 92.5 % / 0.9967,
+    ONNX Runtime 90.4 % / 0.9915 with its 7-bit weights, OpenVINO 90.4 % / 0.9936)."""
+    if not (photos_dir() / ".complete").is_file():
+        pytest.skip("the photo set is not prepared (`edgekit photos prepare`; CI's setup does it)")
+    opts = demo_options("host", tmp_path / "demo", "photos", precisions=("int8",), backends=INT8_BACKENDS, runs=5)
+    report = convert(opts, log=lambda message: None)
+    assert report["data"]["evaluation"]["samples"] >= 200
+    rows = {b["backend"]: b for b in report["builds"]}
+    assert set(rows) == set(INT8_BACKENDS)
+    for backend, row in rows.items():
+        accuracy = row["accuracy"]
+        assert row["status"] == "ok" and row["precision"] == "int8", (backend, row["status"])
+        assert accuracy["top1_agreement"] >= 0.9 and accuracy["cosine"] >= 0.99, (backend, accuracy)
+        assert accuracy["top5_contains_top1"] >= 0.99 and accuracy["confident"]["top1_agreement"] >= 0.98, accuracy

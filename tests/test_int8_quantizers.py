@@ -80,9 +80,9 @@ def test_auto_calibration_keeps_the_closest_of_the_range_estimators(graphs, digi
     calib = Dataset({"input": digits[0][:128]}, None, "digits")
     tried, quantize = [], int8.nncf_quantize
 
-    def spy(model, feeds, quant, advanced, ignored=None):
+    def spy(model, feeds, quant, advanced, ignored=None, transformer=False):
         tried.append(quant.method)
-        return quantize(model, feeds, quant, advanced, ignored)
+        return quantize(model, feeds, quant, advanced, ignored, transformer)
 
     monkeypatch.setattr(int8, "nncf_quantize", spy)
     int8.quantize_static(graphs["fp32"], tmp_path / "auto.onnx", calib, tmp_path, QuantConfig(), lambda n: None)
@@ -236,3 +236,49 @@ def test_nncf_failure_falls_back_to_ort_and_says_so(graphs, digits, tmp_path, mo
 def test_unknown_settings_are_refused(field):
     with pytest.raises(EdgekitError, match=field.replace("_", " ")):
         QuantConfig(**{field: "vibes"})
+
+
+def test_onnx_runtime_on_x86_without_vnni_gets_7_bit_weights_and_its_fast_u8s8_kernels(
+    graphs, digits, tmp_path, monkeypatch
+):
+    """AVX2's u8×s8 multiply-add saturates 16-bit sums of 8-bit products: ORT's build there is quantized again
+    with 7-bit weights (every sum fits) and uint8 activations, its input layer float; the host's real kernels
+    then compute exactly what the graph says."""
+    from edgekit.converters import get_converter
+    from edgekit.converters.base import BuildContext
+    from edgekit.converters.onnxruntime import build as ort_build
+
+    from edgekit.target import load_target
+
+    monkeypatch.setattr(ort_build, "x86_without_vnni", lambda: True)
+    x, y = digits
+    spec = TensorSpec("input", (1, 1, 8, 8), "float32")
+    calib = Dataset({"input": x[:128]}, None, "digits")
+    ctx = BuildContext(
+        graphs["fp32"], graphs["nncf"], "int8", load_target("host"), calib, [spec], [], tmp_path, tmp_path
+    )
+    result = get_converter("onnxruntime").build(ctx)
+    assert any(
+        "7-bit weights" in n and "U8S8" in n and "1 layer(s) fed by the model's inputs" in n for n in result.notes
+    )
+    assert "7-bit weights, 1 input layer(s) float" in result.quantization, result.quantization
+    path = tmp_path / result.artifacts["model"]
+    model = onnx.load(str(path))
+    inits = {t.name: t for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    compute = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
+    assert producers.get(compute[0].input[0]) is None or producers[compute[0].input[0]].op_type != "DequantizeLinear"
+    for node in compute[1:]:
+        dq = producers[node.input[1]]
+        weights = numpy_helper.to_array(inits[dq.input[0]])
+        assert weights.dtype == np.int8 and np.abs(weights.astype(int)).max() <= 64, node.name
+        assert producers[node.input[0]].op_type == "DequantizeLinear"
+    activations = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert activations and all(inits[n.input[2]].data_type == TensorProto.UINT8 for n in activations)
+    held_out, labels = x[N_TRAIN:], y[N_TRAIN:]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # every optimization on
+    fused = np.concatenate([session.run(None, {"input": held_out[i : i + 1]})[0] for i in range(len(held_out))])
+    exact = _exact(path, held_out)
+    assert np.abs(fused - exact).max() <= 1e-3 * np.abs(exact).max()  # no saturated sum
+    fp32 = (_exact(graphs["fp32"], held_out).argmax(1) == labels).mean()
+    assert (fused.argmax(1) == labels).mean() >= fp32 - 0.005

@@ -110,7 +110,8 @@ def test_x86_without_vnni_keeps_the_input_layer_float(block, monkeypatch):
 
 
 def test_input_layers_are_found_past_normalisation_and_layout_ops(tmp_path):
-    """The first conv/matmul on each path from an input, however many elementwise or layout ops come first."""
+    """The first conv/matmul on each path from an input, however many elementwise or layout ops come first; an op
+    that also takes a layer's output (a mask added to attention scores) ends the path."""
     f = TensorProto.FLOAT
     nodes = [
         helper.make_node("Sub", ["image", "mean"], ["centred"], name="sub"),
@@ -118,12 +119,21 @@ def test_input_layers_are_found_past_normalisation_and_layout_ops(tmp_path):
         helper.make_node("Conv", ["nchw", "w"], ["c1"], name="first_conv"),
         helper.make_node("Conv", ["c1", "w2"], ["c2"], name="second_conv"),
         helper.make_node("MatMul", ["tokens", "m"], ["t1"], name="first_matmul"),
+        # An attention-style mask: computed from an input, then added to a layer's output.
+        helper.make_node("Mul", ["mask", "m"], ["mask_bias"], name="mask_bias"),
+        helper.make_node("MatMul", ["t1", "m"], ["scores"], name="scores"),
+        helper.make_node("Add", ["scores", "mask_bias"], ["masked"], name="masked"),
+        helper.make_node("MatMul", ["masked", "m"], ["t2"], name="after_mask"),
     ]
     graph = helper.make_graph(
         nodes,
         "g",
-        [helper.make_tensor_value_info("image", f, [1, 4, 4, 1]), helper.make_tensor_value_info("tokens", f, [1, 2])],
-        [helper.make_tensor_value_info("c2", f, None), helper.make_tensor_value_info("t1", f, None)],
+        [
+            helper.make_tensor_value_info("image", f, [1, 4, 4, 1]),
+            helper.make_tensor_value_info("tokens", f, [1, 2]),
+            helper.make_tensor_value_info("mask", f, [1, 2]),
+        ],
+        [helper.make_tensor_value_info("c2", f, None), helper.make_tensor_value_info("t2", f, None)],
         [
             helper.make_tensor("mean", f, [1], [0.5]),
             helper.make_tensor("w", f, [1, 1, 1, 1], [1.0]),
@@ -132,7 +142,7 @@ def test_input_layers_are_found_past_normalisation_and_layout_ops(tmp_path):
         ],
     )
     onnx.save(helper.make_model(graph), str(tmp_path / "g.onnx"))
-    assert ov_build._input_layers(tmp_path / "g.onnx") == ["first_conv", "first_matmul"]
+    assert int8.input_layers(tmp_path / "g.onnx") == ["first_conv", "first_matmul"]
 
 
 def test_openvino_asks_for_the_shared_graph_only_for_static_int8():

@@ -69,16 +69,23 @@ def test_demo_holds_out_the_prepared_photos_and_calibrates_on_the_bundled_ones()
     folder = photos_dir()
     if not (folder / ".complete").is_file():
         pytest.skip("the photo set is not prepared (`edgekit photos prepare`; CI's setup does it)")
-    opts = demo_options("host", eval_photos=True)
-    assert opts.eval == folder and opts.calib == bundled_photos() and opts.eval_size >= 200
-    assert opts.image.ten_crop and opts.eval_image is not None and not opts.eval_image.ten_crop
-    assert demo_options("host").eval is None  # the default demo keeps the bundled held-out crops
+    for held_out in ("photos", "auto"):
+        opts = demo_options("host", held_out=held_out)
+        assert opts.eval == folder and opts.calib == bundled_photos() and opts.eval_size >= 200
+        assert opts.image.ten_crop and opts.eval_image is not None and not opts.eval_image.ten_crop
+    crops = demo_options("host", held_out="crops")
+    assert crops.eval is None and crops.eval_size == 66 and crops.calib == bundled_photos()
 
 
 def test_demo_without_the_prepared_set_says_how_to_make_it(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
+    assert demo_options("host").eval is None  # auto: the bundled crops when the photos are not there
     out = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["demo", "--target", "host", "--eval-photos", "--out", str(out)])
-    assert result.exit_code == 2
-    assert "held-out photo set is not prepared" in result.output and "edgekit photos prepare" in result.output
-    assert "Traceback" not in result.output and not out.exists()
+    for args, message in (
+        (["--held-out", "photos"], "held-out photo set is not prepared"),
+        (["--held-out", "everything"], "--held-out 'everything' is not one of auto, photos, crops"),
+    ):
+        result = CliRunner().invoke(app, ["demo", "--target", "host", *args, "--out", str(out)])
+        assert result.exit_code == 2, result.output
+        assert message in result.output and "Traceback" not in result.output and not out.exists()
+    assert "edgekit photos prepare" in CliRunner().invoke(app, ["demo", "--held-out", "photos"]).output

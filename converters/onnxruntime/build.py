@@ -18,7 +18,8 @@ from edgekit.converters.base import (
     write_manifest,
 )
 
-from edgekit.int8 import quantize_biases, quantizer, to_s8s8, to_u8u8
+from edgekit.errors import one_line
+from edgekit.int8 import calib_method, quantize_7bit, quantize_biases, quantizer, to_s8s8, to_u8s8, to_u8u8
 from edgekit.onnx_hub import x86_without_vnni
 
 
@@ -32,11 +33,7 @@ class OnnxRuntimeConverter(Converter):
             if ctx.int8_mode == "static":
                 model = quantize_biases(onnx.load(str(ctx.onnx_qdq)))  # int32 biases: ORT's QGemm needs them
                 if ctx.target.arch == "x86_64" and x86_without_vnni():
-                    model = to_u8u8(model)
-                    notes.append(
-                        "x86 without VNNI: the int8 graph stored as uint8 weights and activations (U8U8, the same "
-                        "values), because ORT's signed-weight AVX2 kernels saturate 16-bit sums here"
-                    )
+                    model, quant = self._without_vnni(ctx, model, notes)
                 elif ctx.target.arch in ("aarch64", "armv7l"):
                     model = to_s8s8(model)
                     notes.append(
@@ -49,7 +46,7 @@ class OnnxRuntimeConverter(Converter):
             if ctx.int8_mode == "dynamic":
                 quant = "dynamic int8 (int8 weights, activations quantized per inference; MatMulInteger)"
             else:
-                quant = f"static int8 QDQ: {quantizer(ctx.onnx_qdq)[0]}"
+                quant = f"static int8 QDQ: {quant or quantizer(ctx.onnx_qdq)[0]}"
             if ctx.float_nodes:
                 quant += f"; {len(ctx.float_nodes)} layer(s) kept in float (accuracy fallback)"
         elif ctx.precision == "fp16":
@@ -70,6 +67,31 @@ class OnnxRuntimeConverter(Converter):
         result = BuildResult(self.name, ctx.precision, artifacts, notes, quantization=quant)
         write_manifest(ctx, result, io_by_name(ctx.inputs), io_by_name(ctx.outputs))
         return result
+
+    @staticmethod
+    def _without_vnni(ctx: BuildContext, shared, notes: list[str]) -> tuple[onnx.ModelProto, str]:
+        """x86 without VNNI: ORT's fast u8×s8 AVX2 kernels add pairs of products in saturating 16-bit sums. NNCF
+        quantizes again with 7-bit weights (no sum can saturate), stored U8S8; where NNCF did not make the
+        shared graph (or fails now), the shared graph stored U8U8, exact on the slower kernels. Returns the graph
+        and how it was quantized ("" for the shared graph's way)."""
+        if calib_method(ctx.onnx_qdq):
+            try:
+                graph, first, said = quantize_7bit(ctx.onnx_fp32, ctx.onnx_qdq, ctx.calib, ctx.quant, ctx.float_nodes)
+            except Exception as exc:  # NNCF's graph matching: the shared graph still runs, exactly
+                notes.append(f"NNCF's 7-bit-weight graph failed ({one_line(exc, 160)})")
+            else:
+                notes.append(
+                    "x86 without VNNI: ORT's fast u8×s8 AVX2 kernels add products in saturating 16-bit sums, so "
+                    "this build is quantized again by NNCF with 7-bit weights (its overflow fix: no sum can "
+                    f"saturate) and uint8 activations (U8S8), the {len(first)} layer(s) fed by the model's inputs "
+                    "kept in float (the shared graph's 8-bit weights need the slower U8U8 kernels here)"
+                )
+                return to_u8s8(quantize_biases(graph)), said
+        notes.append(
+            "x86 without VNNI: the int8 graph stored as uint8 weights and activations (U8U8, the same values), "
+            "because ORT's signed-weight AVX2 kernels saturate 16-bit sums here"
+        )
+        return to_u8u8(shared), ""
 
     @staticmethod
     def graph(build_dir: Path, manifest: dict) -> Path:

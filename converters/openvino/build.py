@@ -12,8 +12,15 @@ import numpy as np
 from edgekit.converters.base import BuildContext, BuildResult, Converter, Refused, io_by_name, write_manifest
 
 from edgekit.errors import one_line
-from edgekit.fallback import COMPUTE_OPS
-from edgekit.int8 import calib_method, first_layer_bits, nncf_advanced, nncf_quantize
+from edgekit.int8 import (
+    calib_method,
+    first_layer_bits,
+    input_layers,
+    is_transformer,
+    nncf_advanced,
+    nncf_quantize,
+    quantizer,
+)
 from edgekit.onnx_hub import x86_without_vnni
 
 # The CPU plugin's compute layer types (its runtime model names them so; depthwise is a Convolution too).
@@ -21,24 +28,6 @@ COMPUTE_LAYERS = {"Convolution", "GroupConvolution", "Deconvolution", "FullyConn
 # Left out of int8 on Arm: OpenVINO's Arm low-precision pipeline does not transform them (its
 # GroupConvolutionTransformation is disabled there), so they run in float with fake quantization around them.
 ARM_FLOAT_TYPES = ("GroupConvolution",)
-
-
-def _input_layers(graph: Path) -> list[str]:
-    """The first convolutions and matmuls on each path from a model input, past any normalisation or layout
-    ops (ONNX node names, which OpenVINO keeps)."""
-    import onnx
-
-    g = onnx.load(str(graph), load_external_data=False).graph
-    reached = {i.name for i in g.input} - {t.name for t in g.initializer}
-    first = []
-    for node in g.node:  # ONNX nodes are topologically sorted
-        if not reached.intersection(node.input):
-            continue
-        if node.op_type in COMPUTE_OPS:
-            first.append(node.name)
-        else:
-            reached.update(node.output)
-    return first
 
 
 class OpenVinoConverter(Converter):
@@ -61,7 +50,7 @@ class OpenVinoConverter(Converter):
             # inputs cost most with 7-bit weights and little time in float: they stay float (on the 240 held-out
             # photos, cosine 0.985 → 0.993).
             overflow = ctx.target.arch == "x86_64" and x86_without_vnni()
-            first = _input_layers(ctx.onnx_fp32) if overflow else []
+            first = input_layers(ctx.onnx_fp32) if overflow else []
             ignored = nncf.IgnoredScope(
                 # OpenVINO keeps ONNX node names; a Conv's weights op is named "<node>/WithoutBiases". NNCF
                 # matches patterns at the start of a name: "$" keeps "conv_1" from matching "conv_10".
@@ -74,13 +63,28 @@ class OpenVinoConverter(Converter):
             chosen = calib_method(ctx.onnx_qdq)
             method = ctx.quant.method if ctx.quant.method != "auto" else chosen or "minmax"
             settings = replace(ctx.quant, quantizer="nncf", method=method)
+            if chosen:  # the shared graph's bias correction: fast where full failed on the ONNX graph
+                settings = replace(settings, bias_correction=quantizer(ctx.onnx_qdq)[1] or "none")
             seven = first_layer_bits(ctx.onnx_qdq) == 7
             advanced, note = nncf_advanced(settings, overflow_everywhere=overflow, first_layer_7bit=seven)
             if ctx.quant.method == "auto":
                 ranges = {"minmax": "min/max", "entropy": "histogram (MSE)"}[method]
                 why = "as the shared int8 graph chose them" if chosen else "the shared int8 graph was not made by NNCF"
                 note = f"calibration: NNCF's {ranges} ranges, {why}"
-            model = nncf_quantize(model, feeds, settings, advanced, ignored)
+            transformer = is_transformer(ctx.onnx_fp32)
+            try:
+                model = nncf_quantize(model, feeds, settings, advanced, ignored, transformer)
+            except Exception:  # NNCF's full bias correction fails on some graphs: its fast estimate still corrects
+                if settings.bias_correction != "full":
+                    raise
+                settings = replace(settings, bias_correction="fast")
+                advanced, _ = nncf_advanced(settings, overflow_everywhere=overflow, first_layer_7bit=seven)
+                model = nncf_quantize(
+                    ov.convert_model(str(ctx.onnx_fp32)), feeds, settings, advanced, ignored, transformer
+                )
+                notes.append("NNCF's full bias correction failed on this graph: fast bias correction instead")
+            if transformer:
+                notes.append("quantized as a transformer (NNCF's model type: SmoothQuant, LayerNorm and softmax float)")
             if ctx.float_nodes:
                 notes.append(f"accuracy fallback: {len(ctx.float_nodes)} layer(s) kept in float (NNCF ignored scope)")
             if overflow:
