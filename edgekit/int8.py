@@ -104,9 +104,19 @@ def is_transformer(graph: Path) -> bool:
     import onnx
 
     g = onnx.load(str(graph), load_external_data=False).graph
-    constants = {t.name for t in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
+    constants = _constants(g)
     attention = any(n.op_type == "MatMul" and not constants.intersection(n.input) for n in g.node)
     return attention and any(n.op_type == "Softmax" for n in g.node)
+
+
+def _constants(graph) -> set[str]:
+    """Tensors that do not depend on a model input: initializers, Constant nodes, and what nodes compute from
+    them alone (a weight's Transpose)."""
+    constants = {t.name for t in graph.initializer}
+    for node in graph.node:  # topologically sorted
+        if all(i in constants for i in node.input if i):
+            constants.update(node.output)
+    return constants
 
 
 def quantize_static(
@@ -175,6 +185,7 @@ def _quantize_nncf(fp32: Path, calib: Dataset, quant: QuantConfig) -> tuple:
             except Exception as exc:  # one estimator failing on a graph leaves the others
                 error = exc
                 continue
+            quant = replace(quant, bias_correction=used.bias_correction)  # full failed once: fast for the others
             score = compare(reference, simulated_outputs(model, feeds))["cosine"]
             score = -1.0 if np.isnan(score) else score
             if best is None or score > best[0]:
@@ -210,7 +221,7 @@ def input_layers(graph: Path) -> list[str]:
     from edgekit.fallback import COMPUTE_OPS
 
     g = onnx.load(str(graph), load_external_data=False).graph
-    constants = {t.name for t in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
+    constants = _constants(g)
     reached = {i.name for i in g.input} - constants
     first = []
     for node in g.node:  # ONNX nodes are topologically sorted

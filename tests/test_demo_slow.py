@@ -17,9 +17,18 @@ pytestmark = pytest.mark.slow
 INT8_BACKENDS = ("tflite", "onnxruntime", "openvino")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def shared_cache(tmp_path_factory):
+    """One build cache for both demo conversions: the host one reuses the arm64 one's shared int8 graph (its key
+    is the model, calibration data and settings, not the target), as a user's second demo would."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EDGEKIT_BUILD_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 def test_demo_arm64_int8_every_backend(tmp_path):
     out = tmp_path / "demo"
-    args = ["demo", "--target", "arm64", "--out", str(out), "--runs", "20", "--held-out", "crops"]
+    args = ["demo", "--target", "arm64", "--out", str(out), "--runs", "5", "--held-out", "crops"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())

@@ -205,15 +205,32 @@ def test_corrected_biases_are_carried_into_the_float_graph(graphs, digits, tmp_p
 def test_auto_calibration_goes_on_when_one_estimator_fails(graphs, digits, tmp_path, monkeypatch):
     quantize = int8.nncf_quantize
 
-    def no_histograms(model, feeds, quant, advanced, ignored=None):
+    def no_histograms(model, feeds, quant, advanced, ignored=None, transformer=False):
         if quant.method == "entropy":
             raise RuntimeError("histogram collector failed")
-        return quantize(model, feeds, quant, advanced, ignored)
+        return quantize(model, feeds, quant, advanced, ignored, transformer)
 
     monkeypatch.setattr(int8, "nncf_quantize", no_histograms)
     calib = Dataset({"input": digits[0][:32]}, None, "digits")
     out = int8.quantize_static(graphs["fp32"], tmp_path / "q.onnx", calib, tmp_path, QuantConfig(), lambda n: None)
     assert int8.calib_method(out) == "minmax" and int8.quantizer(out)[0].startswith("NNCF post-training")
+
+
+def test_fast_bias_correction_where_the_full_one_fails(graphs, digits, tmp_path, monkeypatch):
+    """NNCF's full bias correction fails on some graphs (MiniLM: "Duplicate definition-site"): its fast one still
+    corrects the biases, and the graph says so (before, ORT's quantizer took over with no correction at all)."""
+    quantize = int8.nncf_quantize
+
+    def no_full_correction(model, feeds, quant, advanced, ignored=None, transformer=False):
+        if quant.bias_correction == "full":
+            raise RuntimeError("Duplicate definition-site")
+        return quantize(model, feeds, quant, advanced, ignored, transformer)
+
+    monkeypatch.setattr(int8, "nncf_quantize", no_full_correction)
+    calib = Dataset({"input": digits[0][:32]}, None, "digits")
+    out = int8.quantize_static(graphs["fp32"], tmp_path / "q.onnx", calib, tmp_path, QuantConfig(), lambda n: None)
+    how, biases = int8.quantizer(out)
+    assert biases == "fast" and "fast bias correction" in how and "(full bias correction failed" in how, how
 
 
 def test_nncf_failure_falls_back_to_ort_and_says_so(graphs, digits, tmp_path, monkeypatch):
@@ -282,3 +299,31 @@ def test_onnx_runtime_on_x86_without_vnni_gets_7_bit_weights_and_its_fast_u8s8_k
     assert np.abs(fused - exact).max() <= 1e-3 * np.abs(exact).max()  # no saturated sum
     fp32 = (_exact(graphs["fp32"], held_out).argmax(1) == labels).mean()
     assert (fused.argmax(1) == labels).mean() >= fp32 - 0.005
+
+
+def test_attention_is_told_from_a_classifier_with_a_softmax(tmp_path):
+    """A MatMul of two activations beside a Softmax is attention (NNCF's transformer type); a MatMul with a
+    transposed weight and a softmax output is not."""
+    from onnx import helper
+
+    f = TensorProto.FLOAT
+
+    def graph(nodes, name):
+        inits = [helper.make_tensor("w", f, [2, 2], [1.0, 0.0, 0.0, 1.0])]
+        io = ([helper.make_tensor_value_info("x", f, [2, 2])], [helper.make_tensor_value_info("y", f, None)])
+        onnx.save(helper.make_model(helper.make_graph(nodes, name, *io, inits)), str(tmp_path / f"{name}.onnx"))
+        return tmp_path / f"{name}.onnx"
+
+    attention = [
+        helper.make_node("MatMul", ["x", "w"], ["q"]),
+        helper.make_node("Transpose", ["x"], ["k"]),
+        helper.make_node("MatMul", ["q", "k"], ["scores"]),
+        helper.make_node("Softmax", ["scores"], ["y"]),
+    ]
+    classifier = [
+        helper.make_node("Transpose", ["w"], ["wt"]),
+        helper.make_node("MatMul", ["x", "wt"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["y"]),
+    ]
+    assert int8.is_transformer(graph(attention, "attention"))
+    assert not int8.is_transformer(graph(classifier, "classifier"))
