@@ -156,7 +156,8 @@ def find_fallback(
         if calib_method(qdq) is not None:
             log("NNCF's accuracy control: ranking the int8 graph's quantizers on the calibration samples")
             try:
-                kept = _nncf_search(fp32, qdq, feeds, reference, max_drop_points, max_float, task, quant)
+                still = _nncf_search(fp32, qdq, feeds, reference, max_drop_points, max_float, task, quant)
+                kept = [name for name in quantized_compute_nodes(model) if name not in still]
                 search = "NNCF's quantize_with_accuracy_control"
             except Exception as exc:  # NNCF's search fails on some graphs: edgekit's own still works
                 search += f" (NNCF's accuracy control failed: {one_line(exc, 120)})"
@@ -212,9 +213,9 @@ def _nncf_search(
     max_float: int,
     task: tuple[int, bool],
     quant: QuantConfig | None,
-) -> list[str]:
-    """The compute nodes of the shared graph ``qdq`` that NNCF's ``quantize_with_accuracy_control`` returns to
-    float, quantizing ``fp32`` with the shared graph's settings (range estimator, first-layer bits) and scoring
+) -> set[str]:
+    """The compute nodes NNCF's ``quantize_with_accuracy_control`` leaves quantized (the others it returned to
+    float), quantizing ``fp32`` with the shared graph's settings (range estimator, first-layer bits) and scoring
     agreement with fp32 per calibration sample on the graph's arithmetic as written."""
     import nncf
 
@@ -251,5 +252,4 @@ def _nncf_search(
                 max_num_iterations=max_float, num_ranking_workers=1
             ),
         )
-    still = set(quantized_compute_nodes(result))
-    return [name for name in quantized_compute_nodes(onnx.load(str(qdq))) if name not in still]
+    return set(quantized_compute_nodes(result))

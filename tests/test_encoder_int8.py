@@ -24,20 +24,27 @@ def _sentences() -> list[str]:
     return zen + [s for s in re.split(r"(?<=[.!?])\s+", licence) if 30 < len(s) < 300]
 
 
-@pytest.mark.slow
-def test_minilm_dynamic_int8_every_backend(tmp_path):
+def _minilm_on_real_sentences(tmp_path) -> dict:
+    """MiniLM for the host, calibrated on 48 real sentences and checked on the rest (token .npz files)."""
     from edgekit.models.minilm import tokenize
 
     tokens = tokenize(_sentences()[:80], length=32)
     np.savez(tmp_path / "calib.npz", **{k: v[:48] for k, v in tokens.items()})
     np.savez(tmp_path / "eval.npz", **{k: v[48:80] for k, v in tokens.items()})
+    return {
+        "model": "edgekit.models.minilm:minilm",
+        "target": "host",
+        "calib": tmp_path / "calib.npz",
+        "eval": tmp_path / "eval.npz",
+        "out": tmp_path / "out",
+    }
+
+
+@pytest.mark.slow
+def test_minilm_dynamic_int8_every_backend(tmp_path):
     report = convert(
         ConvertOptions(
-            model="edgekit.models.minilm:minilm",
-            target="host",
-            calib=tmp_path / "calib.npz",
-            eval=tmp_path / "eval.npz",
-            out=tmp_path / "out",
+            **_minilm_on_real_sentences(tmp_path),
             runs=5,
             warmup=1,
         )
@@ -60,19 +67,11 @@ def test_minilm_static_int8_is_quantized_as_a_transformer(tmp_path):
     and its fast bias correction where the full one fails on the graph (measured on 32 held-out sentences: cosine
     ORT 0.9486 → 0.9971 and OpenVINO 0.86 → 0.997 with the transformer type; OpenVINO's full bias correction gave
     0.17)."""
-    from edgekit.models.minilm import tokenize
     from edgekit.onnx_hub import QuantConfig
 
-    tokens = tokenize(_sentences()[:80], length=32)
-    np.savez(tmp_path / "calib.npz", **{k: v[:48] for k, v in tokens.items()})
-    np.savez(tmp_path / "eval.npz", **{k: v[48:80] for k, v in tokens.items()})
     report = convert(
         ConvertOptions(
-            model="edgekit.models.minilm:minilm",
-            target="host",
-            calib=tmp_path / "calib.npz",
-            eval=tmp_path / "eval.npz",
-            out=tmp_path / "out",
+            **_minilm_on_real_sentences(tmp_path),
             backends=("onnxruntime", "openvino"),
             precisions=("int8",),
             quant=QuantConfig(mode="static", method="minmax"),  # one range estimator: half the NNCF runs
