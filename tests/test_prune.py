@@ -170,6 +170,8 @@ def test_cli_prune_scan(cnn_case, tmp_path):
             "0.25,0.5",
             "--recover-steps",
             "100",
+            "--precision",  # pruned int8 builds: test_convert_with_pruning_every_backend
+            "fp32",
             "--runs",
             "5",
             "--out",
