@@ -12,6 +12,7 @@ import torch
 
 from edgekit import ConvertOptions
 from edgekit.models.small_cnn import train_small_cnn
+from edgekit.onnx_hub import QuantConfig
 
 N_TRAIN = 1300
 # Every test builds for real; the conversion cache is tested on its own (tests/test_cache.py).
@@ -47,12 +48,15 @@ def cnn_case(tmp_path_factory, digits) -> dict:
 
 
 def cnn_options(cnn_case: dict, **overrides) -> ConvertOptions:
-    """ConvertOptions for the trained digits CNN with its calibration data; keywords override."""
+    """ConvertOptions for the trained digits CNN with its calibration data and min/max ranges; keywords
+    override."""
     return ConvertOptions(
         **{
             "model": "edgekit.models.small_cnn:SmallCNN",
             "weights": cnn_case["weights"],
             "calib": cnn_case["calib"],
+            # one range estimator: half the NNCF runs (auto is tested in test_int8_quantizers and the demo tests)
+            "quant": QuantConfig(method="minmax"),
             **overrides,
         }
     )
