@@ -17,19 +17,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from bench_timing import interleaved
+from bench_timing import demo_photo, interleaved, machine
 
 from edgekit import convert
-from edgekit.data import TensorSpec, load_dataset
 from edgekit.demo import demo_options
-from edgekit.onnx_hub import QuantConfig, x86_without_vnni
+from edgekit.onnx_hub import QuantConfig
 
 SETTINGS = {
     "ORT quantize_static (before)": QuantConfig(quantizer="ort"),
@@ -95,20 +92,14 @@ def main() -> None:
                 rows.append(row)
                 if b["status"] == "ok":
                     builds.append((f"{setting}|{b['backend']}", Path(tmp) / f"s{i}" / f"{b['backend']}_int8"))
-        options = demo_options(args.target, held_out="crops")
-        data = load_dataset(options.calib, [TensorSpec("input", (1, 3, 224, 224), "float32")], options.image)
-        image = next(iter(data.sample(len(data) - 1).values()))
+        image = demo_photo(args.target)
         p50 = interleaved(builds, image, args.rounds, args.block)
     reference = p50.pop("ONNX Runtime fp32 (plain)")
     for row in rows:
         row["p50_ms"] = p50.get(f"{row['setting']}|{row['backend']}")
         row["speed_vs_ort_fp32"] = reference / row["p50_ms"] if row["p50_ms"] else None
     results = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "x86_without_vnni": x86_without_vnni(),
-        },
+        "machine": machine(),
         "target": args.target,
         "held_out": held_out,
         "timing": f"interleaved: {args.rounds} rounds × {args.block} runs per build, median",

@@ -15,17 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from bench_timing import interleaved
+from bench_timing import demo_photo, interleaved, machine
 
 from edgekit import convert
-from edgekit.data import TensorSpec, load_dataset
 from edgekit.demo import demo_options
-from edgekit.onnx_hub import x86_without_vnni
 
 KINDS = ("pointwise conv", "depthwise conv", "other conv", "quantize / layout", "other")
 LAYOUT = {"QuantizeLinear", "DequantizeLinear", "Transpose", "ReorderInput", "ReorderOutput"}
@@ -84,9 +81,7 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)
     args = parser.parse_args()
-    options = demo_options(args.target, held_out="crops")
-    data = load_dataset(options.calib, [TensorSpec("input", (1, 3, 224, 224), "float32")], options.image)
-    image = next(iter(data.sample(len(data) - 1).values()))
+    image = demo_photo(args.target)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "demo"
         build = demo_options(
@@ -104,11 +99,7 @@ def main() -> None:
         p50 = interleaved(folders, image, args.rounds, args.block)
     convs = sum(kernels["int8"][k] for k in KINDS if k.endswith("conv"))
     results = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "x86_without_vnni": x86_without_vnni(),
-        },
+        "machine": machine(),
         "target": args.target,
         "int8_quantization": quantization,
         "profiled": f"ONNX Runtime profiler, kernel time, mean of {args.repeats} inferences on one calibration photo",

@@ -7,10 +7,31 @@ import functools
 import importlib
 import json
 import os
+import platform
 import time
 from pathlib import Path
 
 import numpy as np
+
+from edgekit.data import TensorSpec, load_dataset
+from edgekit.demo import demo_options
+from edgekit.onnx_hub import x86_without_vnni
+
+
+def machine() -> dict:
+    """This machine as the int8 benchmarks record it (int8 speed on x86 depends on VNNI)."""
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "x86_without_vnni": x86_without_vnni(),
+    }
+
+
+def demo_photo(target: str = "host") -> np.ndarray:
+    """The timing input: the last of the demo's calibration crops, preprocessed for EfficientNet-Lite0."""
+    options = demo_options(target, held_out="crops")
+    data = load_dataset(options.calib, [TensorSpec("input", (1, 3, 224, 224), "float32")], options.image)
+    return next(iter(data.sample(len(data) - 1).values()))
 
 
 def interleaved(builds: list[tuple[str, Path]], image: np.ndarray, rounds: int, block: int) -> dict[str, float]:

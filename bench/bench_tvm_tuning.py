@@ -20,10 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_timing import interleaved
+from bench_timing import demo_photo, interleaved
 
 from edgekit import convert
-from edgekit.data import TensorSpec, load_dataset
 from edgekit.demo import demo_options
 
 
@@ -79,9 +78,7 @@ def main() -> None:
             _conversion("tuned", tmp, ("tvm",), **tune),
             _conversion("from records", tmp, ("tvm",), **{**tune, "tune_minutes": 1 / 60}),
         ]
-        options = demo_options("host", held_out="crops")
-        data = load_dataset(options.calib, [TensorSpec("input", (1, 3, 224, 224), "float32")], options.image)
-        image = next(iter(data.sample(len(data) - 1).values()))
+        image = demo_photo()
         builds = [("ort", tmp / "untuned" / "onnxruntime_fp32")]
         builds += [(c["conversion"], tmp / c["conversion"] / "tvm_fp32") for c in conversions]
         p50 = interleaved(builds, image, args.rounds, args.block)

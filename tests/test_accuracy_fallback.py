@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgekit import Budgets, ConvertOptions, convert, int8
+from edgekit import Budgets, convert, int8
 from edgekit.data import Dataset, TensorSpec
 from edgekit.fallback import find_fallback
 from edgekit.models.small_cnn import SmallCNN
 from edgekit.onnx_hub import QuantConfig, export_onnx
 from edgekit.report import exit_code
 from edgekit.source import SourceModel
+from tests.conftest import cnn_options
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +32,11 @@ def outlier_weights(tmp_path_factory, cnn_case):
 
 def _convert(tmp_path, weights, cnn_case, budget, backends=("onnxruntime", "tvm", "tflite")):
     return convert(
-        ConvertOptions(
-            model="edgekit.models.small_cnn:SmallCNN",
+        cnn_options(
+            cnn_case,
             weights=weights,
+            quant=QuantConfig(),  # edgekit's defaults, auto ranges included
             target="host",
-            calib=cnn_case["calib"],
             eval=cnn_case["eval"],
             out=tmp_path,
             backends=backends,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -202,33 +204,33 @@ def test_corrected_biases_are_carried_into_the_float_graph(graphs, digits, tmp_p
     assert int8.with_corrected_biases(graphs["fp32"], graphs["ort"], tmp_path / "same.onnx") == 0
 
 
-def test_auto_calibration_goes_on_when_one_estimator_fails(graphs, digits, tmp_path, monkeypatch):
+def _shared_graph_where_nncf_fails(graphs, digits, tmp_path, monkeypatch, error: str, fails) -> Path:
+    """The shared int8 graph (default settings) with NNCF raising ``error`` for every QuantConfig ``fails`` picks."""
     quantize = int8.nncf_quantize
 
-    def no_histograms(model, feeds, quant, advanced, ignored=None, transformer=False):
-        if quant.method == "entropy":
-            raise RuntimeError("histogram collector failed")
+    def failing(model, feeds, quant, advanced, ignored=None, transformer=False):
+        if fails(quant):
+            raise RuntimeError(error)
         return quantize(model, feeds, quant, advanced, ignored, transformer)
 
-    monkeypatch.setattr(int8, "nncf_quantize", no_histograms)
+    monkeypatch.setattr(int8, "nncf_quantize", failing)
     calib = Dataset({"input": digits[0][:32]}, None, "digits")
-    out = int8.quantize_static(graphs["fp32"], tmp_path / "q.onnx", calib, tmp_path, QuantConfig(), lambda n: None)
+    return int8.quantize_static(graphs["fp32"], tmp_path / "q.onnx", calib, tmp_path, QuantConfig(), lambda n: None)
+
+
+def test_auto_calibration_goes_on_when_one_estimator_fails(graphs, digits, tmp_path, monkeypatch):
+    out = _shared_graph_where_nncf_fails(
+        graphs, digits, tmp_path, monkeypatch, "histogram collector failed", lambda q: q.method == "entropy"
+    )
     assert int8.calib_method(out) == "minmax" and int8.quantizer(out)[0].startswith("NNCF post-training")
 
 
 def test_fast_bias_correction_where_the_full_one_fails(graphs, digits, tmp_path, monkeypatch):
     """NNCF's full bias correction fails on some graphs (MiniLM: "Duplicate definition-site"): its fast one still
     corrects the biases, and the graph says so (before, ORT's quantizer took over with no correction at all)."""
-    quantize = int8.nncf_quantize
-
-    def no_full_correction(model, feeds, quant, advanced, ignored=None, transformer=False):
-        if quant.bias_correction == "full":
-            raise RuntimeError("Duplicate definition-site")
-        return quantize(model, feeds, quant, advanced, ignored, transformer)
-
-    monkeypatch.setattr(int8, "nncf_quantize", no_full_correction)
-    calib = Dataset({"input": digits[0][:32]}, None, "digits")
-    out = int8.quantize_static(graphs["fp32"], tmp_path / "q.onnx", calib, tmp_path, QuantConfig(), lambda n: None)
+    out = _shared_graph_where_nncf_fails(
+        graphs, digits, tmp_path, monkeypatch, "Duplicate definition-site", lambda q: q.bias_correction == "full"
+    )
     how, biases = int8.quantizer(out)
     assert biases == "fast" and "fast bias correction" in how and "(full bias correction failed" in how, how
 
