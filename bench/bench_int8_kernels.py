@@ -1,13 +1,15 @@
 """Benchmark: where ONNX Runtime's int8 time goes, kernel by kernel, against its fp32 build of the same model.
 
-    python bench/bench_int8_kernels.py [--target host] [--repeats 50] [--rounds 5] [--block 20] [--out bench]
+    python bench/bench_int8_kernels.py [--target host] [--repeats 60] [--rounds 5] [--block 20] [--samples 5]
+                                       [--out bench]
 
 Converts the demo's EfficientNet-Lite0 for ONNX Runtime in fp32 and int8 (edgekit's defaults), profiles both with
-ONNX Runtime's profiler on one real calibration photo, and sums the kernel time per kind of layer of the graph
-ONNX Runtime actually runs (after its own fusions and layout changes): pointwise (1×1) convolutions, depthwise
-convolutions, other convolutions, quantize/dequantize/layout nodes, and the rest. The **bound** is the speed-up
-int8 would reach if everything but its convolutions took no time. Both builds are also timed interleaved
-(``bench_timing.interleaved``). Writes ``bench/int8_kernels.{json,md}``.
+ONNX Runtime's profiler on one real calibration photo (in alternating blocks of runs), and sums the kernel time per
+kind of layer of the graph ONNX Runtime actually runs (after its own fusions and layout changes): pointwise (1×1)
+convolutions, depthwise convolutions, other convolutions, quantize/dequantize/layout nodes, and the rest. The
+**bound** is the speed-up int8 would reach if everything but its convolutions took no time. Both builds are also
+timed interleaved (``bench_timing.interleaved``), ``--samples`` times a minute apart: on this shared machine the
+ratio moves with the load, so the table gives the median and the range. Writes ``bench/int8_kernels.{json,md}``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -46,11 +50,12 @@ def _kinds(optimized: Path) -> dict[str, str]:
     return kinds
 
 
-def _profile(model: Path, feed: dict, repeats: int, tmp: Path) -> dict[str, float]:
-    """Mean kernel time (ms) per kind of layer over ``repeats`` inferences."""
+def _profile(models: dict[str, Path], feed: dict, repeats: int, block: int, tmp: Path) -> dict[str, dict]:
+    """Mean kernel time (ms) per kind of layer over ``repeats`` inferences of each model, profiled in alternating
+    blocks of ``block`` inferences (a burst of load on this shared machine hits both alike)."""
     import onnxruntime as ort
 
-    def session(**settings):
+    def session(model: Path, **settings):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = os.cpu_count() or 1
         opts.inter_op_num_threads = 1
@@ -58,27 +63,38 @@ def _profile(model: Path, feed: dict, repeats: int, tmp: Path) -> dict[str, floa
             setattr(opts, key, value)
         return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
 
-    optimized = tmp / f"{model.stem}_optimized.onnx"
-    session(optimized_model_filepath=str(optimized))
-    kinds = _kinds(optimized)
-    profiled = session(enable_profiling=True, profile_file_prefix=str(tmp / model.stem))
-    for _ in range(5 + repeats):
-        profiled.run(None, feed)
-    events = json.loads(Path(profiled.end_profiling()).read_text())
-    runs = sorted(e["ts"] + e["dur"] for e in events if e.get("name") == "model_run")
-    sums: dict[str, float] = defaultdict(float)
-    for event in events:  # the 5 warm-up inferences left out
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] > runs[4]:
-            sums[kinds.get(event["name"][: -len("_kernel_time")], "other")] += event["dur"] / 1000 / repeats
-    return {kind: sums.get(kind, 0.0) for kind in KINDS}
+    kinds, profiled = {}, {}
+    for key, model in models.items():
+        optimized = tmp / f"{model.stem}_optimized.onnx"
+        session(model, optimized_model_filepath=str(optimized))
+        kinds[key] = _kinds(optimized)
+        profiled[key] = session(model, enable_profiling=True, profile_file_prefix=str(tmp / model.stem))
+        for _ in range(5):
+            profiled[key].run(None, feed)
+    for _ in range(0, repeats, block):
+        for sess in profiled.values():
+            for _ in range(block):
+                sess.run(None, feed)
+    result = {}
+    for key, sess in profiled.items():
+        events = json.loads(Path(sess.end_profiling()).read_text())
+        runs = sorted(e["ts"] + e["dur"] for e in events if e.get("name") == "model_run")
+        sums: dict[str, float] = defaultdict(float)
+        for event in events:  # the 5 warm-up inferences left out
+            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] > runs[4]:
+                kind = kinds[key].get(event["name"][: -len("_kernel_time")], "other")
+                sums[kind] += event["dur"] / 1000 / (len(runs) - 5)
+        result[key] = {kind: sums.get(kind, 0.0) for kind in KINDS}
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", default="host")
-    parser.add_argument("--repeats", type=int, default=50, help="profiled inferences per build")
+    parser.add_argument("--repeats", type=int, default=60, help="profiled inferences per build")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--block", type=int, default=20)
+    parser.add_argument("--samples", type=int, default=5, help="interleaved timings, a minute apart")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)
     args = parser.parse_args()
     image = demo_photo(args.target)
@@ -89,24 +105,32 @@ def main() -> None:
         )
         report = convert(build, log=lambda message: None)
         quantization = next(b["quantization"] for b in report["builds"] if b["precision"] == "int8")
-        kernels, folders = {}, []
+        models, folders = {}, []
         for precision in ("fp32", "int8"):
             folder = out / f"onnxruntime_{precision}"
             manifest = json.loads((folder / "build.json").read_text())
             feed = {manifest["inputs"][0]["name"]: image}
-            kernels[precision] = _profile(folder / manifest["artifacts"]["model"], feed, args.repeats, Path(tmp))
+            models[precision] = folder / manifest["artifacts"]["model"]
             folders.append((precision, folder))
-        p50 = interleaved(folders, image, args.rounds, args.block)
+        kernels = _profile(models, feed, args.repeats, args.block, Path(tmp))
+        samples = []
+        for i in range(args.samples):
+            time.sleep(60 if i else 0)
+            samples.append(interleaved(folders, image, args.rounds, args.block))
+    ratios = sorted(s["fp32"] / s["int8"] for s in samples)
     convs = sum(kernels["int8"][k] for k in KINDS if k.endswith("conv"))
     results = {
         "machine": machine(),
         "target": args.target,
         "int8_quantization": quantization,
-        "profiled": f"ONNX Runtime profiler, kernel time, mean of {args.repeats} inferences on one calibration photo",
-        "timing": f"interleaved: {args.rounds} rounds × {args.block} runs per build, median",
+        "profiled": f"ONNX Runtime profiler, kernel time, mean of {args.repeats} inferences per build on one "
+        f"calibration photo, in alternating blocks of {args.block}",
+        "timing": f"interleaved: {args.rounds} rounds × {args.block} runs per build, median; "
+        f"{args.samples} such timings a minute apart",
         "kernels_ms": kernels,
-        "p50_ms": p50,
-        "speed_up": p50["fp32"] / p50["int8"],
+        "p50_ms": samples,
+        "speed_up": statistics.median(ratios),
+        "speed_up_range": [ratios[0], ratios[-1]],
         "bound_if_only_convolutions_took_time": sum(kernels["fp32"].values()) / convs,
     }
     (args.out / "int8_kernels.json").write_text(json.dumps(results, indent=2))
@@ -116,6 +140,7 @@ def main() -> None:
 
 def _markdown(results: dict) -> str:
     fp32, int8 = results["kernels_ms"]["fp32"], results["kernels_ms"]["int8"]
+    low, high = results["speed_up_range"]
     lines = [
         f"# ONNX Runtime int8 vs fp32 per kind of layer — EfficientNet-Lite0, target {results['target']}",
         "",
@@ -132,11 +157,16 @@ def _markdown(results: dict) -> str:
         lines.append(f"| {kind} | {a:.3f} | {b:.3f} | {speed} |")
     lines += [
         "",
-        f"Timed {results['timing']}: fp32 {results['p50_ms']['fp32']:.2f} ms, int8 {results['p50_ms']['int8']:.2f} "
-        f"ms, **{results['speed_up']:.2f}×**. Bound if everything but the int8 convolutions took no time: "
+        f"Timed {results['timing']}: fp32 {_spread([s['fp32'] for s in results['p50_ms']])} ms, int8 "
+        f"{_spread([s['int8'] for s in results['p50_ms']])} ms; int8 speed-up median **{results['speed_up']:.2f}×** "
+        f"({low:.2f}–{high:.2f}×). Bound if everything but the int8 convolutions took no time: "
         f"{results['bound_if_only_convolutions_took_time']:.2f}×.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _spread(values: list[float]) -> str:
+    return f"{min(values):.2f}–{max(values):.2f}"
 
 
 if __name__ == "__main__":

@@ -32,13 +32,66 @@ def export_onnx(source: SourceModel, specs: list[TensorSpec], out: Path) -> Path
         model = _tf_to_onnx(source, specs)
     else:
         model = _torch_to_onnx(source, specs)
-    try:
+    model = _spatial_means_as_pools(model)
+    try:  # after the rewrite: onnxslim drops the axes it left unused
         slim = onnxslim.slim(model)
         model = slim if slim is not None else model
     except Exception as exc:  # onnxslim is an optimisation: keep the unsimplified graph
         logging.getLogger("edgekit").warning("onnxslim failed (%s); keeping the exported graph", exc)
     onnx.save(_at_least_opset(model), str(out))
     return out
+
+
+def _spatial_means_as_pools(model):
+    """Every ReduceMean over all spatial axes of a float (N, C, ...) tensor written as GlobalAveragePool (then
+    Flatten where the mean dropped those axes): the same numbers, and an op int8 runtimes run in int8 (ONNX
+    Runtime's channels-last QLinearGlobalAveragePool), where a ReduceMean stays float between layout changes."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    try:
+        graph = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # a graph shape inference cannot follow (e.g. over 2 GB) is kept as it is
+        return model
+    floats = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE}
+    ranks = {
+        v.name: len(v.type.tensor_type.shape.dim)
+        for v in [*graph.input, *graph.value_info]
+        if v.type.tensor_type.elem_type in floats and v.type.tensor_type.HasField("shape")
+    }
+    nodes = []
+    for node in model.graph.node:
+        rank = ranks.get(node.input[0], 0) if node.op_type == "ReduceMean" else 0
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        axes = attrs.get("axes")
+        if axes is None and len(node.input) > 1:
+            axes = _constant(model.graph, node.input[1])
+        if rank < 3 or axes is None or sorted(int(a) % rank for a in np.ravel(axes)) != list(range(2, rank)):
+            nodes.append(node)
+        elif attrs.get("keepdims", 1):
+            nodes.append(helper.make_node("GlobalAveragePool", [node.input[0]], list(node.output), name=node.name))
+        else:
+            pooled = f"{node.output[0]}_pooled"
+            nodes.append(helper.make_node("GlobalAveragePool", [node.input[0]], [pooled], name=node.name))
+            nodes.append(helper.make_node("Flatten", [pooled], list(node.output), name=f"{node.name}_flatten", axis=1))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
+def _constant(graph, name: str) -> np.ndarray | None:
+    """The value of ``name`` when an initializer or a Constant node holds it."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    for tensor in graph.initializer:
+        if tensor.name == name:
+            return numpy_helper.to_array(tensor)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            value = helper.get_attribute_value(node.attribute[0])  # value (a tensor), value_ints, value_int, ...
+            return numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else np.asarray(value)
+    return None
 
 
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (their ``axis``) need opset 13

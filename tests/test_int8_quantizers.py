@@ -180,8 +180,50 @@ def test_dequantize_moves_below_a_reshape_so_the_classifier_fuses(digits, tmp_pa
     ort.InferenceSession(str(tmp_path / "biased.onnx"), options, providers=["CPUExecutionProvider"])
     ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
     assert ops.count("QGemm") == 1 and "Gemm" not in ops, ops
+    # The spatial mean was exported as a global pool, which ORT runs in int8 without layout changes around it.
+    assert "QLinearGlobalAveragePool" in ops and "ReduceMean" not in ops and "DequantizeLinear" not in ops, ops
     reference, rewritten = _exact(qdq, x), _exact(tmp_path / "biased.onnx", x)
     assert np.abs(rewritten - reference).max() <= 0.02 * np.abs(reference).max()
+
+
+@pytest.mark.parametrize("opset", [13, 18])  # the mean's axes: an attribute before opset 18, an input from it on
+def test_spatial_means_export_as_global_pools(digits, tmp_path, opset):
+    """Means over all spatial axes (kept or dropped) become GlobalAveragePool (+ Flatten); others stay."""
+    from onnx import helper
+
+    means = {"kept": ([2, 3], 1), "dropped": ([-1, -2], 0), "channels": ([1], 0), "width": ([3], 1)}
+    nodes, inits = [helper.make_node("Relu", ["input"], ["y"])], []
+    for name, (axes, keep) in means.items():
+        if opset < 18:
+            nodes.append(helper.make_node("ReduceMean", ["y"], [name], axes=axes, keepdims=keep))
+        else:  # axes from an initializer, or from a Constant node
+            if name == "dropped":
+                nodes.append(helper.make_node("Constant", [], [f"{name}_axes"], value_ints=axes))
+            else:
+                inits.append(numpy_helper.from_array(np.array(axes, np.int64), f"{name}_axes"))
+            nodes.append(helper.make_node("ReduceMean", ["y", f"{name}_axes"], [name], keepdims=keep))
+    graph = helper.make_graph(
+        nodes,
+        "means",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1, 8, 8])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in means],
+        inits,
+    )
+    path = tmp_path / "means.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8), str(path))
+    source = SourceModel("onnx", "means", 0, onnx_path=path)
+    out = export_onnx(source, [TensorSpec("input", (1, 1, 8, 8), "float32")], tmp_path / "out.onnx")
+    ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+    assert ops.count("GlobalAveragePool") in (1, 2) and ops.count("ReduceMean") == 2, ops  # 1: onnxslim shares it
+    for sample in digits[0][N_TRAIN : N_TRAIN + 8]:
+        feed = {"input": sample[None] - 0.5}
+        for before, after in zip(_run(path, feed), _run(out, feed), strict=True):
+            assert before.shape == after.shape
+            np.testing.assert_allclose(after, before, rtol=1e-6, atol=1e-6)
+
+
+def _run(path: Path, feed: dict) -> list[np.ndarray]:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)
 
 
 def test_corrected_biases_are_carried_into_the_float_graph(graphs, digits, tmp_path):
