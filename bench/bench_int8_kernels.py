@@ -50,7 +50,7 @@ def _kinds(optimized: Path) -> dict[str, str]:
     return kinds
 
 
-def _profile(models: dict[str, Path], feed: dict, repeats: int, block: int, tmp: Path) -> dict[str, dict]:
+def _profile(models: dict[str, Path], image, repeats: int, block: int, tmp: Path) -> dict[str, dict]:
     """Mean kernel time (ms) per kind of layer over ``repeats`` inferences of each model, profiled in alternating
     blocks of ``block`` inferences (a burst of load on this shared machine hits both alike)."""
     import onnxruntime as ort
@@ -63,18 +63,19 @@ def _profile(models: dict[str, Path], feed: dict, repeats: int, block: int, tmp:
             setattr(opts, key, value)
         return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
 
-    kinds, profiled = {}, {}
+    kinds, profiled, feeds = {}, {}, {}
     for key, model in models.items():
         optimized = tmp / f"{model.stem}_optimized.onnx"
         session(model, optimized_model_filepath=str(optimized))
         kinds[key] = _kinds(optimized)
         profiled[key] = session(model, enable_profiling=True, profile_file_prefix=str(tmp / model.stem))
+        feeds[key] = {profiled[key].get_inputs()[0].name: image}
         for _ in range(5):
-            profiled[key].run(None, feed)
+            profiled[key].run(None, feeds[key])
     for _ in range(0, repeats, block):
-        for sess in profiled.values():
+        for key, sess in profiled.items():
             for _ in range(block):
-                sess.run(None, feed)
+                sess.run(None, feeds[key])
     result = {}
     for key, sess in profiled.items():
         events = json.loads(Path(sess.end_profiling()).read_text())
@@ -109,10 +110,9 @@ def main() -> None:
         for precision in ("fp32", "int8"):
             folder = out / f"onnxruntime_{precision}"
             manifest = json.loads((folder / "build.json").read_text())
-            feed = {manifest["inputs"][0]["name"]: image}
             models[precision] = folder / manifest["artifacts"]["model"]
             folders.append((precision, folder))
-        kernels = _profile(models, feed, args.repeats, args.block, Path(tmp))
+        kernels = _profile(models, image, args.repeats, args.block, Path(tmp))
         samples = []
         for i in range(args.samples):
             time.sleep(60 if i else 0)

@@ -62,11 +62,14 @@ def _spatial_means_as_pools(model):
     nodes = []
     for node in model.graph.node:
         rank = ranks.get(node.input[0], 0) if node.op_type == "ReduceMean" else 0
+        if rank < 3:
+            nodes.append(node)
+            continue
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         axes = attrs.get("axes")
         if axes is None and len(node.input) > 1:
             axes = _constant(model.graph, node.input[1])
-        if rank < 3 or axes is None or sorted(int(a) % rank for a in np.ravel(axes)) != list(range(2, rank)):
+        if axes is None or sorted(int(a) % rank for a in np.ravel(axes)) != list(range(2, rank)):
             nodes.append(node)
         elif attrs.get("keepdims", 1):
             nodes.append(helper.make_node("GlobalAveragePool", [node.input[0]], list(node.output), name=node.name))
