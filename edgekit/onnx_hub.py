@@ -118,6 +118,107 @@ def _at_least_opset(model, version: int = MIN_OPSET):
     return converted
 
 
+GELU_OPSET = 20  # ONNX Gelu
+
+
+def gelus_as_one_op(model) -> tuple[object, int]:
+    """Every exact GELU written out with Erf — 0.5·x·(1 + erf(x/√2)), its products in any order — as one ONNX
+    ``Gelu`` (the graph lifted to opset 20 when it has one): the same function, and one op for converters that
+    have a GELU of their own. Returns the model and how many were fused (0: the model unchanged)."""
+    import onnx
+
+    def matches(graph) -> list[tuple[str, list, str]]:
+        erfs = [n for n in graph.node if n.op_type == "Erf"]
+        if not erfs:
+            return []
+        producer = {out: n for n in graph.node for out in n.output}
+        consumers: dict[str, list] = {}
+        for node in graph.node:
+            for name in node.input:
+                consumers.setdefault(name, []).append(node)
+        outputs = {o.name for o in graph.output}
+        found = (_gelu_at(graph, erf, producer, consumers, outputs) for erf in erfs)
+        return [m for m in found if m is not None]
+
+    if not matches(model.graph):
+        return model, 0
+    model = _at_least_opset(model, GELU_OPSET)
+    found = matches(model.graph) if _opset(model) >= GELU_OPSET else []
+    if not found:
+        return model, 0
+    graph = model.graph
+    first = {id(nodes[0]): (x, y) for x, nodes, y in found}
+    gone = {id(n) for _, nodes, _ in found for n in nodes}
+    kept = []
+    for node in graph.node:
+        if id(node) in first:
+            x, y = first[id(node)]
+            kept.append(onnx.helper.make_node("Gelu", [x], [y], name=f"{y}_gelu"))
+        elif id(node) not in gone:
+            kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    constants = [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in used]
+    for node in constants:
+        graph.node.remove(node)
+    for tensor in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(tensor)
+    produced = {out for node in graph.node for out in node.output}
+    for info in [v for v in graph.value_info if v.name not in produced]:
+        graph.value_info.remove(info)
+    onnx.checker.check_model(model)
+    return model, len(found)
+
+
+def _gelu_at(graph, erf, producer: dict, consumers: dict, outputs: set) -> tuple[str, list, str] | None:
+    """(x, its nodes, y) when ``erf`` is the Erf of an exact GELU y = 0.5·x·(1 + erf(x/√2)), else None."""
+
+    def single(name: str):
+        users = consumers.get(name, [])
+        return users[0] if len(users) == 1 and name not in outputs else None
+
+    def scalar(name: str) -> float | None:
+        value = _constant(graph, name)
+        return float(value) if value is not None and value.size == 1 else None
+
+    def operand(node, name: str) -> str:
+        return node.input[1] if node.input[0] == name else node.input[0]
+
+    scaled = producer.get(erf.input[0])
+    if scaled is None or single(erf.input[0]) is not erf or scaled.op_type not in ("Div", "Mul"):
+        return None
+    if scaled.op_type == "Div":
+        x, factor, root = scaled.input[0], scalar(scaled.input[1]), 2**0.5
+    else:
+        x = scaled.input[0] if scalar(scaled.input[0]) is None else scaled.input[1]
+        factor, root = scalar(operand(scaled, x)), 2**-0.5
+    if factor is None or abs(factor - root) > 1e-4:
+        return None
+    plus = single(erf.output[0])
+    if plus is None or plus.op_type != "Add" or scalar(operand(plus, erf.output[0])) != 1.0:
+        return None
+    product = single(plus.output[0])
+    if product is None or product.op_type != "Mul":
+        return None
+    nodes, other = [scaled, erf, plus, product], operand(product, plus.output[0])
+    half = producer.get(other)
+    in_half = half is not None and half.op_type == "Mul" and x in half.input and single(other) is product
+    if in_half and scalar(operand(half, x)) == 0.5:  # (0.5·x)·(1 + erf)
+        return x, [half, *nodes], product.output[0]
+    last = single(product.output[0])
+    if last is None or last.op_type != "Mul":
+        return None
+    factor_name = operand(last, product.output[0])
+    if (other == x and scalar(factor_name) == 0.5) or (scalar(other) == 0.5 and factor_name == x):
+        return x, [*nodes, last], last.output[0]
+    return None
+
+
+def _opset(model) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
 def _fix_input_shapes(model, specs: list[TensorSpec]):
     """Give dynamic inputs the static shapes edge runtimes want, and re-infer the outputs' shapes."""
     import onnx

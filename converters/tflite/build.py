@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -26,11 +27,13 @@ from edgekit.converters.base import (
     write_manifest,
 )
 
+from edgekit.errors import one_line
 from edgekit.onnx_hub import has_float_inputs
 
 ONNX2TF_TIMEOUT_S = 1800
 SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 TFLITE_COMPUTE = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "TRANSPOSE_CONV", "CONV_3D"}
+CHECKED_SAMPLES = 32  # calibration samples a full-integer build must run at build time
 SUFFIX = {"fp32": "float32", "fp16": "float16", "int8": "full_integer_quant", "int8-dynamic": "dynamic_range_quant"}
 
 
@@ -41,14 +44,25 @@ class TfliteConverter(Converter):
             native = self._build_native(ctx)
             if native is not None:
                 return native
-        work = ctx.work_dir / "onnx2tf"
+        static = ctx.precision == "int8" and has_float_inputs(ctx.inputs) and ctx.int8_mode == "static"
+        try:
+            return self._onnx2tf(ctx, ctx.work_dir / "onnx2tf", static)
+        except _FullIntegerFailed as exc:
+            # the graph converts, its full-integer quantization does not: dynamic-range int8 still ships int8
+            why = f"full-integer int8 failed ({exc}): built as dynamic-range int8 instead"
+            return self._onnx2tf(ctx, ctx.work_dir / "onnx2tf_dynamic", static=False, dynamic_why=why)
+
+    def _onnx2tf(self, ctx: BuildContext, work: Path, static: bool, dynamic_why: str = "") -> BuildResult:
+        """One onnx2tf run in a scratch folder (its output goes to the build's log); ``dynamic_why``: why an
+        int8 build is dynamic-range."""
         work.mkdir(parents=True, exist_ok=True)
         # onnx2tf rewrites its input file in place (onnxsim): give it a copy, never the shared graph
         graph = Path(shutil.copyfile(ctx.onnx_fp32, work / "model.onnx"))
-        cmd = [sys.executable, "-m", "onnx2tf", "-i", str(graph), "-o", "out", "-n"]
-        variant, quant, notes = ctx.precision, "", []
+        notes: list[str] = []
+        cmd = [sys.executable, "-m", "onnx2tf", "-i", str(graph), "-o", "out"]
+        variant, quant = ctx.precision, ""
         perms = {s.name: channels_last_perm(s.shape) for s in ctx.inputs}
-        if ctx.precision == "int8" and has_float_inputs(ctx.inputs) and ctx.int8_mode == "static":
+        if static:
             corrected = _corrected_biases(ctx, graph)
             weights = "per-channel" if ctx.quant.per_channel else "per-tensor"
             cmd += ["-oiqt", "-qt", weights]
@@ -74,27 +88,49 @@ class TfliteConverter(Converter):
             cmd += ["-odrqt"]
             variant = "int8-dynamic"
             quant = "dynamic-range int8: int8 weights, activations quantized per inference"
-            if has_float_inputs(ctx.inputs):
-                notes.append("dynamic int8 asked for (--int8-mode dynamic)")
-            else:
-                notes.append("built as dynamic-range int8: the model has token (integer) inputs")
+            if not dynamic_why:
+                dynamic_why = (
+                    "dynamic int8 asked for (--int8-mode dynamic)"
+                    if has_float_inputs(ctx.inputs)
+                    else "built as dynamic-range int8: the model has token (integer) inputs"
+                )
+            notes.append(dynamic_why)
         elif ctx.precision == "fp16":
             quant = "fp16 weights, fp32 compute where the delegate lacks fp16"
-        if "Erf" in {n.op_type for n in onnx.load(str(ctx.onnx_fp32), load_external_data=False).graph.node}:
-            # LiteRT has no builtin Erf (exact GELU): onnx2tf's builtin-op approximation avoids a Flex (TF) op.
+        gelus = _gelus_as_builtin(graph)  # after the bias correction rewrote the copy
+        if gelus:
+            notes.append(
+                f"{gelus} exact GELU(s) (Erf) built as TFLite's GELU op: in int8 through its lookup table "
+                "(onnx2tf's Erf from builtin ops divides by |x| + ε, which int8 cannot)"
+            )
+        if "Erf" in {n.op_type for n in onnx.load(str(graph), load_external_data=False).graph.node}:
+            # LiteRT has no builtin Erf: onnx2tf's builtin-op approximation avoids a Flex (TF) op.
             cmd += ["-rtpo", "Erf"]
-            notes.append("Erf (exact GELU) built from builtin ops (onnx2tf pseudo-op): no TensorFlow Flex delegate")
+            notes.append("Erf built from builtin ops (onnx2tf pseudo-op): no TensorFlow Flex delegate")
         # onnx2tf fetches a sample file from the internet unless this file is in its working folder (for every
         # precision): give it our real calibration data instead.
         np.save(work / SAMPLE_FILE, ctx.calib.inputs[ctx.inputs[0].name][:20].astype(np.float32))
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "-1", "PYTHONWARNINGS": "ignore"}
         proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=ONNX2TF_TIMEOUT_S)
+        output = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)
+        sys.stderr.write(f"onnx2tf ({' '.join(cmd[3:])}):\n{output}\n")
         produced = sorted((work / "out").glob(f"*_{SUFFIX[variant]}.tflite")) if (work / "out").exists() else []
-        if proc.returncode != 0 or not produced:
-            raise RuntimeError(f"onnx2tf failed: {_onnx2tf_error(proc.stdout + proc.stderr)}")
+        if not produced:
+            error = _onnx2tf_error(output, proc.returncode)
+            if static and list((work / "out").glob("*_float32.tflite")):  # the float model converted
+                raise _FullIntegerFailed(f"{error} in its int8 quantization")
+            raise RuntimeError(f"onnx2tf failed: {error}")
         dst = ctx.out_dir / f"model_{ctx.precision}.tflite"
         produced[0].replace(dst)
-        inputs, outputs = self._map_io(ctx, dst, perms)
+        try:
+            inputs, outputs = self._map_io(ctx, dst, perms)
+            if static:
+                _runs_the_calibration_set(ctx, dst, inputs, outputs)
+        except RuntimeError as exc:  # e.g. an int8 kernel that refuses its quantized operands at run time
+            if static:
+                dst.unlink()
+                raise _FullIntegerFailed(f"the int8 model does not run: {one_line(exc)}") from exc
+            raise
         result = BuildResult(self.name, ctx.precision, {"model": dst.name}, notes=notes, quantization=quant)
         write_manifest(ctx, result, inputs, outputs)
         return result
@@ -219,10 +255,44 @@ def _corrected_biases(ctx: BuildContext, graph: Path) -> str:
     return f"; {count} biases corrected by NNCF ({biases} bias correction of the shared int8 graph)"
 
 
-def _onnx2tf_error(log: str) -> str:
-    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in log.splitlines()]
-    errors = [ln for ln in lines if re.search(r"error|exception|not supported|unsupported", ln, re.I) and ln]
+class _FullIntegerFailed(RuntimeError):
+    """onnx2tf converted the graph but its full-integer int8 model failed to build or to run."""
+
+
+def _runs_the_calibration_set(ctx: BuildContext, model_path: Path, inputs: list, outputs: list) -> None:
+    """Run a full-integer model on (up to 32 of) the calibration samples: an int8 kernel that refuses its operands
+    on some inputs (e.g. a divisor at its zero point) fails here, while a dynamic-range build can replace it."""
+    from .runtime import load as load_tflite
+
+    run, _ = load_tflite(
+        model_path.parent, {"artifacts": {"model": model_path.name}, "inputs": inputs, "outputs": outputs}, 1
+    )
+    for i in range(1, min(len(ctx.calib), CHECKED_SAMPLES)):
+        run(ctx.calib.sample(i))
+
+
+def _gelus_as_builtin(graph: Path) -> int:
+    """Fuse the exact GELUs of onnx2tf's copy of the graph into ONNX Gelu ops (rewritten in place)."""
+    from edgekit.onnx_hub import gelus_as_one_op
+
+    try:
+        model, fused = gelus_as_one_op(onnx.load(str(graph)))
+    except Exception as exc:  # an optimisation: onnx2tf gets the graph as it is
+        sys.stderr.write(f"GELU fusion skipped: {one_line(exc)}\n")
+        return 0
+    if fused:
+        onnx.save(model, str(graph))
+    return fused
+
+
+def _onnx2tf_error(log: str, returncode: int) -> str:
+    """The line of onnx2tf's output that says what failed (its crash signal when it died)."""
+    benign = re.compile(r"onnxsim|Failed to optimize the onnx file")  # onnx2tf's optional simplifier is not installed
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip() and not benign.search(ln)]
+    errors = [ln for ln in lines if re.search(r"error|exception|not supported|unsupported", ln, re.I)]
     text = errors[-1] if errors else (lines[-1] if lines else "no output")
+    if returncode < 0:  # its last lines are then whatever it printed before, not the cause
+        return f"onnx2tf crashed ({signal.Signals(-returncode).name})"
     return text[:300]
 
 
