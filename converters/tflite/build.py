@@ -99,10 +99,10 @@ class TfliteConverter(Converter):
             quant = "fp16 weights, fp32 compute where the delegate lacks fp16"
         gelus = _gelus_as_builtin(graph)  # after the bias correction rewrote the copy
         if gelus:
-            notes.append(
-                f"{gelus} exact GELU(s) (Erf) built as TFLite's GELU op: in int8 through its lookup table "
-                "(onnx2tf's Erf from builtin ops divides by |x| + ε, which int8 cannot)"
+            why = (
+                ": int8 through its lookup table (onnx2tf's Erf from builtin ops divides by |x| + ε)" if static else ""
             )
+            notes.append(f"{gelus} exact GELU(s) (Erf) built as TFLite's GELU op{why}")
         if "Erf" in {n.op_type for n in onnx.load(str(graph), load_external_data=False).graph.node}:
             # LiteRT has no builtin Erf: onnx2tf's builtin-op approximation avoids a Flex (TF) op.
             cmd += ["-rtpo", "Erf"]
@@ -292,7 +292,8 @@ def _onnx2tf_error(log: str, returncode: int) -> str:
     errors = [ln for ln in lines if re.search(r"error|exception|not supported|unsupported", ln, re.I)]
     text = errors[-1] if errors else (lines[-1] if lines else "no output")
     if returncode < 0:  # its last lines are then whatever it printed before, not the cause
-        return f"onnx2tf crashed ({signal.Signals(-returncode).name})"
+        known = -returncode in signal.valid_signals()
+        return f"onnx2tf crashed ({signal.Signals(-returncode).name if known else f'signal {-returncode}'})"
     return text[:300]
 
 
