@@ -61,29 +61,35 @@ class ErfAct(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, digits) -> dict:
-    """The models trained on the first 1300 digits; calibration and labelled held-out data."""
+    """Calibration and labelled held-out digits, and ``train(name)``: that model trained on the first 1300 digits
+    (once per module)."""
     x, y = digits
     root = tmp_path_factory.mktemp("ops")
     (root / "models.py").write_text(MODELS)
     namespace: dict = {}
     exec(MODELS, namespace)
-    torch.manual_seed(0)
-    xt, yt = torch.from_numpy(x[:1300]), torch.from_numpy(y[:1300])
-    for name in ("GeluMlp", "RowGru", "ErfAct"):
+    np.savez(root / "calib.npz", input=x[:200])
+    np.savez(root / "eval.npz", input=x[1300:], labels=y[1300:])
+
+    def train(name: str) -> None:
+        if (root / f"{name}.pt").exists():
+            return
+        torch.manual_seed(0)
         model = namespace[name]()
+        xt, yt = torch.from_numpy(x[:1300]), torch.from_numpy(y[:1300])
         optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
         for _ in range(120):
             optimizer.zero_grad()
             torch.nn.functional.cross_entropy(model(xt), yt).backward()
             optimizer.step()
         torch.save(model.state_dict(), root / f"{name}.pt")
-    np.savez(root / "calib.npz", input=x[:200])
-    np.savez(root / "eval.npz", input=x[1300:], labels=y[1300:])
-    return {"root": root}
+
+    return {"root": root, "train": train}
 
 
 def _tflite_int8(trained: dict, name: str, out) -> dict:
     root = trained["root"]
+    trained["train"](name)
     options = ConvertOptions(
         model=f"{root / 'models.py'}:{name}",
         weights=root / f"{name}.pt",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 import torch
 import tvm
 from edgekit.converters.tvm.build import compile_library, host_target
@@ -40,6 +41,7 @@ def test_default_schedule_parallelises_and_vectorises_every_convolution(cnn_case
         np.testing.assert_allclose(got, session.run(None, {"input": x})[0], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # about 30 s: MetaSchedule design spaces (keeps the default suite under 15 min)
 def test_relu6_is_fused_into_nhwc_convolutions_and_every_kernel_has_a_tuning_space(tmp_path):
     """ReLU6 is ONNX Clip with its bounds as inputs. The frontend NaN-checks the bounds (folded when lowering,
     or MetaSchedule cannot tile the convolution kernels) and clips with opaque TIR calls (rewritten as Relax

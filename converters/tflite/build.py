@@ -235,10 +235,13 @@ class TfliteConverter(Converter):
         return summary(int8, floating, "TFLite tensor types of compute ops")
 
     def missing_ops(self, graph: Path, ops: dict[str, int], module=None) -> dict[str, int]:
-        """ONNX operators onnx2tf has no converter for."""
-        import onnx2tf
+        """ONNX operators onnx2tf has no converter for (its op modules listed without importing it and
+        TensorFlow: no start-up time, no TensorFlow log lines)."""
+        import importlib.util
 
-        known = {p.stem for p in (Path(onnx2tf.__file__).parent / "ops").glob("*.py")}
+        package = importlib.util.find_spec("onnx2tf")
+        folders = package.submodule_search_locations if package else []
+        known = {p.stem for folder in folders for p in (Path(folder) / "ops").glob("*.py")}
         return {op: n for op, n in ops.items() if op not in known}
 
 
