@@ -158,11 +158,11 @@ def gelus_as_one_op(model) -> tuple[object, int]:
             kept.append(node)
     del graph.node[:]
     graph.node.extend(kept)
-    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
-    constants = [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in used]
-    for node in constants:
+    # the fused nodes' constants, unless something else (a subgraph included) still reads them
+    freed = {name for _, nodes, _ in found for node in nodes for name in node.input} - _names_read(graph)
+    for node in [n for n in graph.node if n.op_type == "Constant" and n.output[0] in freed]:
         graph.node.remove(node)
-    for tensor in [t for t in graph.initializer if t.name not in used]:
+    for tensor in [t for t in graph.initializer if t.name in freed]:
         graph.initializer.remove(tensor)
     produced = {out for node in graph.node for out in node.output}
     for info in [v for v in graph.value_info if v.name not in produced]:
@@ -213,6 +213,20 @@ def _gelu_at(graph, erf, producer: dict, consumers: dict, outputs: set) -> tuple
     if (other == x and scalar(factor_name) == 0.5) or (scalar(other) == 0.5 and factor_name == x):
         return x, [*nodes, last], last.output[0]
     return None
+
+
+def _names_read(graph) -> set[str]:
+    """Every tensor name the graph's nodes read, in subgraphs (If/Loop/Scan bodies) too, and its outputs."""
+    from onnx import AttributeProto
+
+    names = {o.name for o in graph.output}
+    for node in graph.node:
+        names.update(node.input)
+        for attr in node.attribute:
+            subgraphs = [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs)
+            for sub in subgraphs:
+                names |= _names_read(sub)
+    return names
 
 
 def _opset(model) -> int:
