@@ -100,13 +100,18 @@ def _constant(graph, name: str) -> np.ndarray | None:
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (their ``axis``) need opset 13
 
 
+def _opset(model) -> int:
+    """The model's default-domain (ai.onnx) opset; 0 when it imports none."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
 def _at_least_opset(model, version: int = MIN_OPSET):
     """The graph converted to opset ``version`` when it is older (e.g. opset-11 detectors): int8 graphs built
     from an older one are invalid. The conversion is checked against the original like any export."""
     import onnx
     from onnx import version_converter
 
-    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), version)
+    current = _opset(model) or version  # no default-domain import: nothing to lift
     if current >= version:
         return model
     try:
@@ -227,10 +232,6 @@ def _names_read(graph) -> set[str]:
             for sub in subgraphs:
                 names |= _names_read(sub)
     return names
-
-
-def _opset(model) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def _fix_input_shapes(model, specs: list[TensorSpec]):
